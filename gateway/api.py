@@ -1,0 +1,282 @@
+"""The HTTP API (SPEC.md "HTTP API"): handlers over the store, the intake and the channels.
+
+Routing lives in :mod:`gateway.http.router`, the wire in :mod:`gateway.http.server`; this module
+decides what each request means. Requests are decoded into msgspec Structs; every error is
+``{"error": {"code", "message"[, "field"]}}`` with the status SPEC.md names, and bad input never
+reaches the store and never answers 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .channel import Channel
+from .config import Config
+from .errors import StoreError, StoreUnavailable
+from .http import Request, Response, Router
+from .intake import Intake
+from .metrics import Metrics
+from .store import Account, AcceptRequest, NewMessage, Store
+from .text import EmptyText, InvalidNumber, TooLong, normalize_msisdn, operator_of, plan
+
+log = logging.getLogger(__name__)
+
+AUTH_CACHE_TTL = 60.0
+"""Seconds an API key stays cached after a successful look-up (revocation takes this long)."""
+AUTH_CACHE_MAX = 10_000
+
+
+# --- wire models -------------------------------------------------------------------------------
+
+ClientRef = Annotated[str, Meta(min_length=1, max_length=128)]
+Sender = Annotated[str, Meta(pattern=r"^[0-9]{0,12}$", description="digits appended to the service number")]
+
+
+class SendBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/messages``."""
+
+    to: str | list[str]
+    text: str
+    client_ref: ClientRef | None = None
+    priority: Annotated[int, Meta(ge=0, le=3)] = 0
+    msg_class: Literal["transactional", "marketing"] = msgspec.field(default="transactional", name="class")
+    validity_s: Annotated[int, Meta(ge=60, le=7 * 86400)] = 86400
+    callback_url: Annotated[str, Meta(max_length=2048)] | None = None
+    sender: Sender = ""
+
+
+class MessageOut(msgspec.Struct, frozen=True):
+    id: str
+    to: str
+    status: str
+    parts: int
+
+
+class SendResponse(msgspec.Struct, frozen=True):
+    messages: list[MessageOut]
+
+
+class EventOut(msgspec.Struct, frozen=True):
+    status: str
+    at: datetime
+    detail: str
+
+
+class MessageDetail(msgspec.Struct, frozen=True):
+    id: str
+    to: str
+    text: str
+    status: str
+    channel: str | None
+    parts: int
+    created_at: datetime
+    events: list[EventOut]
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    database: str
+    channels: dict[str, str]
+
+
+_send_decoder = msgspec.json.Decoder(SendBody)
+_encoder = msgspec.json.Encoder()
+_FIELD_RE = re.compile(r"`\$\.([^`\[]+)(?:\[(\d+)\])?")
+_MISSING_RE = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorResponse(ErrorBody(code=code, message=message, field=field))
+        self.headers = list(headers)
+
+    def response(self) -> Response:
+        return Response(status=self.status, body=_encoder.encode(self.body), headers=self.headers)
+
+
+def error_response(status: int, code: str, message: str, **kw: object) -> Response:
+    return ApiError(status, code, message, **kw).response()  # type: ignore[arg-type]
+
+
+def decode_send(body: bytes, *, max_recipients: int) -> SendBody:
+    """Decode and validate a send request's shape; raises :class:`ApiError` naming the field."""
+    if not body:
+        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        req = _send_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _MISSING_RE.search(text) or _FIELD_RE.search(text)
+        raise ApiError(400, "invalid_field", text, field=m.group(1) if m else None) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
+    recipients = [req.to] if isinstance(req.to, str) else req.to
+    if not recipients:
+        raise ApiError(400, "invalid_field", "`to` names no recipient", field="to")
+    if len(recipients) > max_recipients:
+        raise ApiError(413, "too_many_recipients",
+                       f"{len(recipients)} recipients; at most {max_recipients} in one request", field="to")
+    if req.callback_url is not None:
+        u = urllib.parse.urlsplit(req.callback_url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ApiError(400, "invalid_field", "`callback_url` must be an absolute http(s) URL",
+                           field="callback_url")
+    return req
+
+
+def build_accept(req: SendBody, account_id: int, *, max_parts: int) -> AcceptRequest:
+    """Normalize numbers, plan the parts: the whole request is valid or nothing is stored."""
+    recipients = [req.to] if isinstance(req.to, str) else req.to
+    try:
+        segments = plan(req.text, max_parts=max_parts)
+    except EmptyText:
+        raise ApiError(400, "invalid_field", "`text` is empty", field="text") from None
+    except TooLong as exc:
+        raise ApiError(413, "text_too_long", f"the text needs {exc.parts} parts; at most {max_parts}",
+                       field="text") from None
+    seen: set[str] = set()
+    messages = []
+    for i, raw in enumerate(recipients):
+        try:
+            msisdn = normalize_msisdn(raw)
+            operator = operator_of(msisdn)
+        except InvalidNumber as exc:
+            where = "to" if isinstance(req.to, str) else f"to[{i}]"
+            raise ApiError(400, "invalid_number", f"{raw!r} is not a Chinese mobile number: {exc.reason}",
+                           field=where) from None
+        if msisdn in seen:  # one request sends a text to a number once
+            continue
+        seen.add(msisdn)
+        messages.append(NewMessage(dest=msisdn, operator=str(operator.value), body=req.text,
+                                   encoding=segments.encoding, parts=len(segments.parts)))
+    return AcceptRequest(
+        account_id=account_id, messages=tuple(messages), client_ref=req.client_ref, priority=req.priority,
+        msg_class=req.msg_class, validity_s=req.validity_s, callback_url=req.callback_url, sender=req.sender,
+    )
+
+
+class Api:
+    """The API's handlers; :meth:`router` wires them to paths."""
+
+    def __init__(self, *, config: Config, store: Store, intake: Intake, metrics: Metrics,
+                 channels: Callable[[], Iterable[Channel]] = tuple) -> None:
+        self._config = config
+        self._store = store
+        self._intake = intake
+        self._metrics = metrics
+        self._channels = channels
+        self._keys: dict[str, tuple[Account, float]] = {}
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("POST", "/v1/messages", self._wrap("send", self.send))
+        r.add("GET", "/v1/messages/{id}", self._wrap("message", self.message))
+        r.add("GET", "/healthz", self._wrap("healthz", self.healthz))
+        r.add("GET", "/metrics", self._wrap("metrics", self.metrics))
+        return r
+
+    def _wrap(self, route: str, handler):
+        counters: dict[int, object] = {}  # label children by status, looked up once each
+        latency = self._metrics.api_latency.labels(route)
+
+        async def wrapped(request: Request, **params: str) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await handler(request, **params)
+            except ApiError as exc:
+                response = exc.response()
+            except StoreUnavailable as exc:
+                log.warning("database unavailable route=%s error=%s", route, exc)
+                response = error_response(503, "database_unavailable", "the database is unreachable; retry later",
+                                          headers=[("Retry-After", "5")])
+            except StoreError as exc:
+                log.error("store error route=%s error=%s", route, exc)
+                response = error_response(503, "storage_error", "the message store failed; retry later",
+                                          headers=[("Retry-After", "5")])
+            latency.observe(time.perf_counter() - started)
+            counter = counters.get(response.status)
+            if counter is None:
+                counter = counters[response.status] = self._metrics.api_requests.labels(route, str(response.status))
+            counter.inc()
+            return response
+
+        return wrapped
+
+    async def authenticate(self, request: Request) -> Account:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "unauthorized", "send the API key as `Authorization: Bearer <key>`",
+                           headers=[("WWW-Authenticate", 'Bearer realm="smsgw"')])
+        key = key.strip()
+        now = time.monotonic()
+        cached = self._keys.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        account = await self._store.account_for_key(key)
+        if account is None:
+            raise ApiError(401, "unauthorized", "unknown or revoked API key",
+                           headers=[("WWW-Authenticate", 'Bearer realm="smsgw", error="invalid_token"')])
+        if len(self._keys) >= AUTH_CACHE_MAX:
+            self._keys.clear()
+        self._keys[key] = (account, now + AUTH_CACHE_TTL)
+        return account
+
+    async def send(self, request: Request) -> Response:
+        account = await self.authenticate(request)
+        body = decode_send(request.body, max_recipients=self._config.http.max_recipients)
+        accept = build_accept(body, account.id, max_parts=self._config.http.max_parts)
+        result = await self._intake.accept(accept, timeout=self._config.http.accept_timeout)
+        out = SendResponse([MessageOut(str(m.id), m.dest, m.status, m.parts) for m in result.messages])
+        return Response(status=202, body=_encoder.encode(out))
+
+    async def message(self, request: Request, id: str) -> Response:
+        account = await self.authenticate(request)
+        if not id.isdigit() or len(id) > 18:
+            raise ApiError(404, "not_found", f"no message {id!r}")
+        view = await self._store.message(int(id), account.id)
+        if view is None:
+            raise ApiError(404, "not_found", f"no message {id!r}")
+        out = MessageDetail(
+            id=str(view.id), to=view.dest, text=view.body, status=view.status, channel=view.channel,
+            parts=view.parts, created_at=view.created_at,
+            events=[EventOut(e.status, e.at, e.detail) for e in view.events],
+        )
+        return Response(status=200, body=_encoder.encode(out))
+
+    async def healthz(self, request: Request) -> Response:
+        db_ok = await self._store.ping()
+        channels = {c.name: ("up" if c.up else "down") for c in self._channels()}
+        ok = db_ok and any(state == "up" for state in channels.values())
+        body = Health(status="ok" if ok else "degraded", database="ok" if db_ok else "unreachable",
+                      channels=channels)
+        return Response(status=200 if ok else 503, body=_encoder.encode(body))
+
+    async def metrics(self, request: Request) -> Response:
+        try:
+            self._metrics.queue_depth.set(await self._store.queue_depth())
+        except StoreError as exc:  # the exposition still serves; the gauge keeps its last value
+            log.debug("queue depth unavailable for /metrics: %s", exc)
+        return Response(status=200, body=self._metrics.exposition(), content_type=self._metrics.content_type)

@@ -1,0 +1,97 @@
+"""Assembly: the one place that knows every part and starts them in order.
+
+``serve_gateway`` opens the database (starting the embedded server when no URL is set), applies
+migrations, and runs the intake, the dispatcher with its channels, and the HTTP API under one
+nursery. It reports a :class:`Running` handle through ``task_status`` once the API listens.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import msgspec
+import trio
+import trio_asyncio
+
+from .api import Api
+from .channel import Channel
+from .config import Config, split_listen
+from .dispatcher import Dispatcher
+from .http import Router, serve_http
+from .http.server import HttpLimits
+from .intake import Intake
+from .metrics import Metrics
+from .pgserver import EmbeddedPostgres
+from .store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 30.0
+"""Seconds the embedded database gets to stop on exit."""
+
+
+class Running(msgspec.Struct, kw_only=True):
+    """What a started gateway tells its starter."""
+
+    http_url: str
+    http_port: int
+    database_url: str
+    store: Store
+    dispatcher: Dispatcher
+    metrics: Metrics
+
+
+@asynccontextmanager
+async def open_database(config: Config) -> AsyncIterator[tuple[Store, str]]:
+    """The configured database, or the embedded one in ``data_dir``; migrated, inside a loop."""
+    embedded = None
+    url = config.database_url
+    if not url:
+        embedded = EmbeddedPostgres(config.data_dir)
+        url = await embedded.start()
+    try:
+        async with trio_asyncio.open_loop():
+            async with open_store(url, pool_size=config.database.pool_size,
+                                  connect_timeout=config.database.connect_timeout) as store:
+                await store.migrate()
+                yield store, url
+    finally:
+        if embedded is not None:
+            with trio.move_on_after(STOP_TIMEOUT) as scope:
+                scope.shield = True
+                await embedded.stop()
+
+
+async def serve_gateway(
+    config: Config,
+    *,
+    channels: Sequence[Channel] = (),
+    extra_routes: Callable[[Router, Running], None] | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until cancelled."""
+    async with open_database(config) as (store, url):
+        metrics = Metrics()
+        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics)
+        intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
+        api = Api(config=config, store=store, intake=intake, metrics=metrics,
+                  channels=lambda: dispatcher.channels)
+        router = api.router()
+        host, port = split_listen(config.http.listen)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(intake.run)
+            await nursery.start(dispatcher.run)
+            running = Running(http_url="", http_port=0, database_url=url, store=store,
+                              dispatcher=dispatcher, metrics=metrics)
+            if extra_routes is not None:
+                extra_routes(router, running)
+            limits = HttpLimits(max_body=config.http.max_body)
+            bound = await nursery.start(functools.partial(serve_http, router, host, port, limits=limits))
+            shown = f"[{host}]" if ":" in host else host
+            running.http_url = f"http://{shown}:{bound}"
+            running.http_port = bound
+            log.info("gateway up http=%s channels=%d node=%s", running.http_url, len(channels), dispatcher.node)
+            task_status.started(running)

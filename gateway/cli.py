@@ -1,0 +1,135 @@
+"""The ``smsgw`` command (SPEC.md "Install and run")."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from . import __version__
+from .config import Config, default_config, load_config
+from .errors import GatewayError
+
+log = logging.getLogger("gateway")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _until_signal(main: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run ``main`` (a task_status service) until SIGINT or SIGTERM, then cancel it cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("stopping on %s", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await nursery.start(main, *args)
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    if getattr(args, "config", None):
+        return load_config(args.config)
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    return default_config(**overrides)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import DemoOptions, serve_demo
+
+    options = DemoOptions(data_dir=args.data_dir, http=args.http, admin_ws=args.admin_ws, ismg=args.ismg,
+                          ready_file=args.ready_file)
+    trio.run(_until_signal, serve_demo, options)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .app import serve_gateway
+
+    config = load_config(args.config)
+    trio.run(_until_signal, serve_gateway, config)
+
+
+async def _with_store(config: Config, fn: Callable[..., Awaitable[None]]) -> None:
+    from .app import open_database
+
+    async with open_database(config) as (store, _url):
+        await fn(store)
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    async def report(store) -> None:
+        print("schema up to date")
+
+    trio.run(_with_store, _config_from(args), report)
+
+
+def cmd_apikey_create(args: argparse.Namespace) -> None:
+    async def create(store) -> None:
+        account = await store.ensure_account(args.account)
+        print(await store.create_api_key(account.id))
+
+    trio.run(_with_store, _config_from(args), create)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smsgw", description="Asynchronous SMS gateway on Trio.")
+    p.add_argument("--version", action="version", version=f"smsgw {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="everything on embedded defaults, for a first look")
+    d.add_argument("--data-dir", default="./.smsgw", help="embedded PostgreSQL and demo state (default ./.smsgw)")
+    d.add_argument("--http", default="127.0.0.1:8080", help="HTTP API HOST:PORT (default 127.0.0.1:8080)")
+    d.add_argument("--admin-ws", default="127.0.0.1:8081", help="admin websocket HOST:PORT (default 127.0.0.1:8081)")
+    d.add_argument("--ismg", default="127.0.0.1:7890", help="ISMG simulator HOST:PORT (default 127.0.0.1:7890)")
+    d.add_argument("--ready-file", help="write a JSON object describing the running demo here when ready")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="production mode, from a TOML configuration")
+    r.add_argument("--config", required=True, help="the TOML configuration file")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("migrate", help="apply database schema migrations")
+    m.add_argument("--config", help="the TOML configuration file (default: embedded database in --data-dir)")
+    m.add_argument("--data-dir", help="data directory when no --config is given (default ./.smsgw)")
+    m.set_defaults(func=cmd_migrate)
+
+    k = sub.add_parser("apikey", help="manage API keys")
+    ksub = k.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", help="create an API key for an account (printed once, stored hashed)")
+    kc.add_argument("--account", required=True, help="account name (created if missing)")
+    kc.add_argument("--config", help="the TOML configuration file (default: embedded database in --data-dir)")
+    kc.add_argument("--data-dir", help="data directory when no --config is given (default ./.smsgw)")
+    kc.set_defaults(func=cmd_apikey_create)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        args.func(args)
+    except GatewayError as exc:
+        print(f"smsgw: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Configuration: one TOML file decoded by msgspec into typed, frozen Structs.
+
+Loaded once at start and passed down; nothing reads it from a global. Unknown keys and bad
+values fail at start with a :class:`~gateway.errors.ConfigError` naming the key, e.g.
+``config.toml: Object contains unknown field `lisen` - at `$.http```.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .errors import ConfigError
+
+DATABASE_URL_ENV = "SMSGW_DATABASE_URL"
+
+_LISTEN_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
+
+Listen = Annotated[str, Meta(pattern=_LISTEN_RE.pattern, description="HOST:PORT; port 0 picks a free one")]
+PositiveInt = Annotated[int, Meta(ge=1)]
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class DatabaseConfig(_Section):
+    url: str = ""
+    """``postgresql://user@host/db``; empty means the embedded server in ``data_dir``."""
+    pool_size: Annotated[int, Meta(ge=2, le=200)] = 8
+    connect_timeout: Seconds = 10.0
+
+
+class IntakeConfig(_Section):
+    """Group commit of accepted messages: a batch closes at ``max_rows`` or ``max_delay``."""
+
+    max_rows: Annotated[int, Meta(ge=1, le=10_000)] = 500
+    max_delay: Annotated[float, Meta(ge=0, le=1)] = 0.002
+    flushers: Annotated[int, Meta(ge=1, le=16)] = 2
+    """Batches written concurrently, each on its own connection."""
+    queue_size: Annotated[int, Meta(ge=1)] = 20_000
+    """Requests waiting for a batch; beyond it callers wait (backpressure)."""
+
+
+class HttpConfig(_Section):
+    listen: Listen = "127.0.0.1:8080"
+    max_recipients: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    max_parts: Annotated[int, Meta(ge=1, le=255)] = 10
+    max_body: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
+    accept_timeout: Seconds = 10.0
+    """How long a request may wait for its batch to be committed before a 503."""
+
+
+class AdminConfig(_Section):
+    listen: Listen = "127.0.0.1:8081"
+    token: str = ""
+
+
+class DispatcherConfig(_Section):
+    batch_size: Annotated[int, Meta(ge=1, le=10_000)] = 200
+    lease: Seconds = 60.0
+    """A claimed message not reported on within this time may be claimed by another node."""
+    idle_poll: Seconds = 0.05
+    """Pause between claims when the queue is empty."""
+    node_id: str = ""
+    """Names this process in leases; empty means hostname:pid."""
+
+
+OperatorName = Literal["cmcc", "cucc", "ctcc", "cbn"]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+Digits = Annotated[str, Meta(pattern=r"^[0-9]{1,21}$")]
+
+
+class CmppConfig(_Section, kw_only=True):
+    """One ISMG account (``[[cmpp]]``): its links share ``rate`` and serve ``operators``."""
+
+    name: Name
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=1, le=65535)] = 7890
+    version: Literal["2.0", "3.0"] = "3.0"
+    sp_id: Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{1,6}$")]
+    secret: str
+    service_number: Digits
+    service_id: Annotated[str, Meta(max_length=10)] = ""
+    connections: Annotated[int, Meta(ge=1, le=32)] = 1
+    window: Annotated[int, Meta(ge=1, le=1024)] = 16
+    rate: Annotated[float, Meta(gt=0)] = 200.0
+    """Messages per second, all connections together."""
+    operators: list[OperatorName] = msgspec.field(default_factory=lambda: ["cmcc"])
+
+
+class ModemConfig(_Section, kw_only=True):
+    """One GSM modem (``[[modems]]``)."""
+
+    name: Name
+    device: Annotated[str, Meta(min_length=1)]
+    operators: list[OperatorName]
+    rate_per_minute: Annotated[float, Meta(gt=0, le=600)] = 6.0
+    daily_quota: Annotated[int, Meta(ge=1)] = 500
+    pin: Annotated[str, Meta(pattern=r"^([0-9]{4,8})?$")] = ""
+    baudrate: Annotated[int, Meta(ge=1200)] = 115200
+    service_number: str = ""
+    """The SIM's own number, reported as the service number of the messages it receives."""
+
+
+class Config(_Section):
+    data_dir: str = "./.smsgw"
+    database: DatabaseConfig = DatabaseConfig()
+    http: HttpConfig = HttpConfig()
+    admin: AdminConfig = AdminConfig()
+    intake: IntakeConfig = IntakeConfig()
+    dispatcher: DispatcherConfig = DispatcherConfig()
+    cmpp: list[CmppConfig] = []
+    modems: list[ModemConfig] = []
+
+    @property
+    def database_url(self) -> str:
+        """The URL in force: ``SMSGW_DATABASE_URL`` overrides ``database.url``."""
+        return os.environ.get(DATABASE_URL_ENV) or self.database.url
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``; ``[::1]:80`` → ``("::1", 80)``."""
+    m = _LISTEN_RE.match(value)
+    if m is None:
+        raise ConfigError(f"expected HOST:PORT, got {value!r}")
+    port = int(m["port"])
+    if port > 65535:
+        raise ConfigError(f"port out of range in {value!r}")
+    return m["host"].strip("[]"), port
+
+
+def _check(config: Config, source: str) -> Config:
+    names = [c.name for c in config.cmpp] + [m.name for m in config.modems]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{source}: channel names must be unique; repeated: {', '.join(dupes)}")
+    for key, value in (("http.listen", config.http.listen), ("admin.listen", config.admin.listen)):
+        try:
+            split_listen(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+    return config
+
+
+def parse_config(data: bytes | str, source: str = "<config>") -> Config:
+    """Decode TOML text; errors name the offending key."""
+    try:
+        config = msgspec.toml.decode(data, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return _check(config, source)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {p}: {exc.strerror}") from None
+    return parse_config(data, str(p))
+
+
+def default_config(**overrides: object) -> Config:
+    """Defaults with some top-level fields replaced (the demo's, the tests')."""
+    return msgspec.structs.replace(Config(), **overrides)

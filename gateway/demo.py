@@ -1,0 +1,105 @@
+"""``smsgw demo``: the whole gateway on embedded defaults, for a first look.
+
+An embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
+(kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), and a ready file
+for scripts. Channels and simulators join the demo as they are wired into the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import msgspec
+import trio
+
+from .app import Running, serve_gateway
+from .config import Config, HttpConfig, default_config
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DEMO_ACCOUNT = "demo"
+CREDENTIALS_FILE = "demo-credentials.json"
+
+
+class DemoOptions(msgspec.Struct, kw_only=True):
+    data_dir: str = "./.smsgw"
+    http: str = "127.0.0.1:8080"
+    admin_ws: str = "127.0.0.1:8081"
+    ismg: str = "127.0.0.1:7890"
+    ready_file: str | None = None
+
+
+def demo_config(options: DemoOptions) -> Config:
+    return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http))
+
+
+async def demo_credentials(store: Store, data_dir: str) -> tuple[str, str]:
+    """The demo account's API key and webhook secret; the key is reused across restarts."""
+    account = await store.ensure_account(DEMO_ACCOUNT)
+    path = Path(data_dir) / CREDENTIALS_FILE
+    try:
+        saved = json.loads(path.read_text())
+        key = saved.get("api_key", "")
+    except (OSError, ValueError):
+        key = ""
+    if not key or await store.account_for_key(key) is None:
+        key = await store.create_api_key(account.id)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"account": DEMO_ACCOUNT, "api_key": key}, f)
+        os.replace(tmp, path)
+    return key, account.webhook_secret
+
+
+def write_ready_file(path: str, info: dict[str, object]) -> None:
+    """Write the ready file atomically, so a reader never sees half of it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def instructions(running: Running, key: str) -> str:
+    url = running.http_url
+    return f"""
+smsgw demo is up.
+
+  HTTP API     {url}
+  metrics      {url}/metrics
+  account      {DEMO_ACCOUNT}
+  API key      {key}
+
+Try it:
+
+  curl -s -X POST {url}/v1/messages \\
+       -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+       -d '{{"to": "13800138000", "text": "你好，欢迎光临！"}}'
+
+  curl -s {url}/v1/messages/<id> -H 'Authorization: Bearer {key}'
+
+Stop with Ctrl-C.
+"""
+
+
+async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED) -> None:
+    Path(options.data_dir).mkdir(parents=True, exist_ok=True)
+    config = demo_config(options)
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(serve_gateway, config)
+        key, secret = await demo_credentials(running.store, options.data_dir)
+        info: dict[str, object] = {
+            "http": running.http_url,
+            "account": DEMO_ACCOUNT,
+            "api_key": key,
+            "webhook_secret": secret,
+        }
+        if options.ready_file:
+            write_ready_file(options.ready_file, info)
+        print(instructions(running, key), flush=True)
+        task_status.started(info)

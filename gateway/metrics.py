@@ -1,0 +1,51 @@
+"""Every Prometheus metric the gateway exports, declared once, on a registry of its own.
+
+Names follow Prometheus conventions: the ``smsgw_`` prefix, counters end in ``_total``,
+durations are ``_seconds`` histograms. Labels stay bounded: channel, status, route, code —
+never a phone number or a message id. Drivers update these; protocol cores expose
+``statistics()`` instead.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The gateway's metrics; one instance per gateway (no module-level state)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.api_requests = Counter(
+            "smsgw_api_requests_total", "HTTP API requests by route and status code", ["route", "code"], registry=r)
+        self.api_latency = Histogram(
+            "smsgw_api_request_duration_seconds", "HTTP API request handling time", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.messages_accepted = Counter(
+            "smsgw_messages_accepted_total", "Messages accepted and stored", registry=r)
+        self.message_parts_accepted = Counter(
+            "smsgw_message_parts_accepted_total", "SMS parts of the messages accepted", registry=r)
+        self.messages = Counter(
+            "smsgw_messages_total", "Message status transitions by status and channel", ["status", "channel"],
+            registry=r)
+        self.intake_batch_rows = Histogram(
+            "smsgw_intake_batch_requests", "Requests committed together in one group commit",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000), registry=r)
+        self.intake_commit = Histogram(
+            "smsgw_intake_commit_duration_seconds", "Time to commit one batch of accepted messages",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "smsgw_queue_depth", "Messages in the outbound queue (accepted, not yet submitted)", registry=r)
+        self.channel_up = Gauge("smsgw_channel_up", "1 when the channel can send", ["channel"], registry=r)
+        self.reports_unmatched = Counter(
+            "smsgw_delivery_reports_unmatched_total", "Delivery reports that matched no message after the grace period",
+            ["channel"], registry=r)
+        self.mo_received = Counter("smsgw_mo_received_total", "Inbound messages received", ["channel"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,619 @@
+"""The store: PostgreSQL through asyncpg, behind Trio-flavoured functions.
+
+asyncpg is an asyncio library and the gateway runs on Trio: the root opens one
+``trio_asyncio`` loop and every crossing into asyncio happens here, marked ``aio_as_trio``.
+Each unit of work (a batch of accepted messages, a batch of channel events) is one asyncio
+coroutine in one transaction, so it crosses once. Nothing outside this module sees asyncpg:
+its errors become :class:`~gateway.errors.StoreUnavailable` (cannot reach the database) or
+:class:`~gateway.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import msgspec
+import trio_asyncio
+from trio_asyncio import aio_as_trio
+
+from .channel import FINAL_STATUSES, OutboundMessage, Status
+from .errors import StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+API_KEY_PREFIX = "smsgw_"
+_FINAL = [s.value for s in FINAL_STATUSES]
+
+
+class Account(msgspec.Struct, frozen=True):
+    id: int
+    name: str
+    webhook_secret: str
+
+
+class NewMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One recipient of an accepted request, ready to store."""
+
+    dest: str
+    operator: str
+    body: str
+    encoding: str
+    parts: int
+
+
+class AcceptRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A send request as the intake stores it: one or more recipients, one transaction."""
+
+    account_id: int
+    messages: tuple[NewMessage, ...]
+    client_ref: str | None = None
+    priority: int = 0
+    msg_class: str = "transactional"
+    validity_s: int = 86400
+    callback_url: str | None = None
+    sender: str = ""
+
+
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    dest: str
+    status: str
+    parts: int
+
+
+class AcceptResult(msgspec.Struct, frozen=True, kw_only=True):
+    messages: tuple[StoredMessage, ...]
+    duplicate: bool = False
+
+
+class MessageEvent(msgspec.Struct, frozen=True):
+    status: str
+    at: datetime
+    detail: str
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    account_id: int
+    dest: str
+    body: str
+    status: str
+    channel: str | None
+    parts: int
+    created_at: datetime
+    callback_url: str | None
+    error_code: str | None
+    events: tuple[MessageEvent, ...]
+
+
+class ReportOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a delivery report did: the message it closed (if final), or nothing matched."""
+
+    matched: bool
+    message_id: int | None = None
+    status: str | None = None
+
+
+def hash_api_key(key: str) -> bytes:
+    """Keys are 256-bit random tokens, so one SHA-256 is the right hash (not a password KDF)."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _translate(exc: BaseException) -> StoreError:
+    if isinstance(
+        exc,
+        (
+            OSError,
+            asyncpg.exceptions.PostgresConnectionError,
+            asyncpg.exceptions.CannotConnectNowError,
+            asyncpg.exceptions.TooManyConnectionsError,
+            asyncpg.exceptions.AdminShutdownError,
+            asyncpg.exceptions.InterfaceError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            TimeoutError,
+        ),
+    ):
+        return StoreUnavailable(f"database unreachable: {type(exc).__name__}: {exc}")
+    return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in (importlib.resources.files("gateway") / "migrations").iterdir():
+        m = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if m:
+            found.append((int(m[1]), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# asyncio side: each function below runs inside the asyncio loop, in one crossing.
+
+
+async def _aio_migrate(pool: asyncpg.Pool) -> list[int]:
+    applied: list[int] = []
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            # One migrator at a time across every node sharing the database.
+            await conn.execute("SELECT pg_advisory_xact_lock(7346001)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migrations():
+                if version in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                applied.append(version)
+    return applied
+
+
+_CLAIM_REFS = """
+INSERT INTO client_refs (account_id, client_ref)
+SELECT * FROM unnest($1::bigint[], $2::text[])
+ON CONFLICT DO NOTHING
+RETURNING account_id, client_ref
+"""
+
+_ORIGINALS = """
+SELECT m.client_ref, m.account_id, m.id, m.dest, m.status, m.parts
+FROM messages m JOIN unnest($1::bigint[], $2::text[]) AS r(account_id, client_ref)
+  ON m.account_id = r.account_id AND m.client_ref = r.client_ref
+ORDER BY m.id
+"""
+
+ID_BLOCK = 1000
+"""Ids one ``nextval`` of ``message_id_blocks`` hands out; block b holds b*1000 .. b*1000+999."""
+
+_INSERT_ACCEPTED = """
+WITH m AS (
+    INSERT INTO messages (id, account_id, client_ref, dest, operator, body, encoding, parts, priority,
+                          class, expires_at, callback_url, sender, status, created_at, updated_at)
+    SELECT t.id, t.account_id, t.client_ref, t.dest, t.operator, t.body, t.encoding, t.parts, t.priority,
+           t.class, $14::timestamptz + make_interval(secs => t.validity_s), t.callback_url, t.sender, 'accepted',
+           $14::timestamptz, $14::timestamptz
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::smallint[], $9::smallint[], $10::text[], $11::int[], $12::text[], $13::text[])
+         AS t(id, account_id, client_ref, dest, operator, body, encoding, parts, priority, class, validity_s,
+              callback_url, sender)
+    RETURNING id, priority
+),
+e AS (
+    INSERT INTO message_events (message_id, at, status, detail) SELECT id, $14, 'accepted', '' FROM m
+),
+q AS (
+    INSERT INTO outbound_queue (message_id, priority, not_before) SELECT id, priority, $14 FROM m
+)
+SELECT count(*) FROM m
+"""
+
+
+async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
+                      allocate: Callable[[asyncpg.Connection, int], Any]) -> list[AcceptResult]:
+    """Store a batch of requests in one transaction (the group commit).
+
+    Without idempotency keys in the batch this is one statement (its own transaction): one
+    round trip for hundreds of messages.
+    """
+    results: list[AcceptResult | None] = [None] * len(batch)
+    keyed = any(req.client_ref is not None for req in batch)
+    async with pool.acquire() as conn:
+        # One statement is atomic on its own; BEGIN/COMMIT only when refs are claimed first.
+        async with conn.transaction() if keyed else contextlib.nullcontext():
+            # Idempotency: the first request of a (account, client_ref) in this batch claims
+            # the ref; a ref already claimed (now or by a concurrent transaction, which we wait
+            # for on the unique index) makes the request a duplicate of the original.
+            leaders: dict[tuple[int, str], int] = {}
+            followers: list[tuple[int, tuple[int, str]]] = []
+            for i, req in enumerate(batch):
+                if req.client_ref is not None:
+                    key = (req.account_id, req.client_ref)
+                    if key in leaders:
+                        followers.append((i, key))
+                    else:
+                        leaders[key] = i
+            duplicates: set[tuple[int, str]] = set()
+            if leaders:
+                keys = list(leaders)
+                won = await conn.fetch(_CLAIM_REFS, [k[0] for k in keys], [k[1] for k in keys])
+                won_keys = {(r["account_id"], r["client_ref"]) for r in won}
+                duplicates = set(keys) - won_keys
+            fresh = [
+                i for i, req in enumerate(batch)
+                if req.client_ref is None or (leaders.get((req.account_id, req.client_ref)) == i
+                                              and (req.account_id, req.client_ref) not in duplicates)
+            ]
+            count = sum(len(batch[i].messages) for i in fresh)
+            if count:
+                ids = await allocate(conn, count)
+                cols: list[list[Any]] = [[] for _ in range(13)]
+                it = iter(ids)
+                for i in fresh:
+                    req = batch[i]
+                    stored = []
+                    for m in req.messages:
+                        mid = next(it)
+                        for col, value in zip(cols, (
+                                mid, req.account_id, req.client_ref, m.dest, m.operator, m.body, m.encoding,
+                                m.parts, req.priority, req.msg_class, req.validity_s, req.callback_url,
+                                req.sender)):
+                            col.append(value)
+                        stored.append(StoredMessage(id=mid, dest=m.dest, status="accepted", parts=m.parts))
+                    results[i] = AcceptResult(messages=tuple(stored))
+                await conn.fetchval(_INSERT_ACCEPTED, *cols, datetime.now(timezone.utc))
+            # Duplicates across transactions: the originals are committed (we waited on the
+            # index). Duplicates inside this batch follow their leader's fresh rows.
+            if duplicates:
+                dup = list(duplicates)
+                found: dict[tuple[int, str], list[StoredMessage]] = {}
+                for r in await conn.fetch(_ORIGINALS, [k[0] for k in dup], [k[1] for k in dup]):
+                    found.setdefault((r["account_id"], r["client_ref"]), []).append(
+                        StoredMessage(id=r["id"], dest=r["dest"], status=r["status"], parts=r["parts"]))
+                for key in dup:
+                    results[leaders[key]] = AcceptResult(messages=tuple(found.get(key, ())), duplicate=True)
+            for i, key in followers:
+                lead = results[leaders[key]]
+                assert lead is not None
+                results[i] = AcceptResult(messages=lead.messages, duplicate=True)
+    return results  # type: ignore[return-value]
+
+
+_CLAIM = """
+WITH c AS (
+    SELECT q.message_id FROM outbound_queue q
+    WHERE q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
+    ORDER BY q.priority DESC, q.message_id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbound_queue q
+SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
+FROM c, messages m
+WHERE q.message_id = c.message_id AND m.id = q.message_id
+RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
+          m.class, m.sender, m.expires_at, q.attempts
+"""
+
+
+_SET_STATUS = """
+WITH t AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+                       AS t(id, status, channel, error_code, detail)),
+u AS (
+    UPDATE messages m
+    SET status = t.status, channel = coalesce(t.channel, m.channel),
+        error_code = coalesce(t.error_code, m.error_code), updated_at = now()
+    FROM t WHERE m.id = t.id AND m.status <> ALL($6::text[])
+    RETURNING m.id
+)
+INSERT INTO message_events (message_id, status, detail)
+SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id
+RETURNING message_id
+"""
+
+
+async def _aio_set_status(
+    conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str | None, str | None, str]]
+) -> set[int]:
+    """Move messages to a status (never out of a final one); returns the ids that moved."""
+    if not rows:
+        return set()
+    cols = list(zip(*rows))
+    moved = await conn.fetch(_SET_STATUS, *[list(c) for c in cols], _FINAL)
+    final_ids = [r[0] for r in moved if _is_final_row(rows, r[0])]
+    if final_ids:
+        await conn.execute("DELETE FROM outbound_queue WHERE message_id = ANY($1::bigint[])", final_ids)
+    return {r[0] for r in moved}
+
+
+def _is_final_row(rows: Sequence[tuple[int, str, str | None, str | None, str]], mid: int) -> bool:
+    return any(r[0] == mid and r[1] in _FINAL for r in rows)
+
+
+async def _aio_submitted(
+    pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str]]
+) -> list[int]:
+    """Record submitted parts (channel, message_id, part, ref); returns fully submitted ids."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.executemany(
+                "INSERT INTO message_refs (channel, ref, message_id, part) VALUES ($1, $4, $2, $3)"
+                " ON CONFLICT (channel, ref) DO UPDATE SET message_id = EXCLUDED.message_id,"
+                " part = EXCLUDED.part, status = 'submitted', created_at = now()",
+                items,
+            )
+            rows = await conn.fetch(
+                """
+                WITH c AS (SELECT message_id, count(*) AS n FROM unnest($1::bigint[]) AS u(message_id)
+                           GROUP BY message_id)
+                UPDATE messages m SET parts_submitted = least(m.parts, m.parts_submitted + c.n),
+                                      updated_at = now()
+                FROM c WHERE m.id = c.message_id
+                RETURNING m.id, m.parts_submitted = m.parts AS complete, m.status
+                """,
+                [i[1] for i in items],
+            )
+            complete = [r["id"] for r in rows if r["complete"] and r["status"] in ("accepted", "queued")]
+            channel_of = {i[1]: i[0] for i in items}
+            await _aio_set_status(
+                conn, [(mid, "submitted", channel_of[mid], None, f"channel={channel_of[mid]}") for mid in complete])
+            if complete:
+                await conn.execute("DELETE FROM outbound_queue WHERE message_id = ANY($1::bigint[])", complete)
+            return complete
+
+
+async def _aio_reports(
+    pool: asyncpg.Pool, reports: Sequence[tuple[str, str, str, str]]
+) -> list[ReportOutcome]:
+    """Apply delivery reports (channel, ref, status, error_code) in one transaction."""
+    outcomes: list[ReportOutcome] = []
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            refs = await conn.fetch(
+                """
+                UPDATE message_refs r SET status = t.status
+                FROM unnest($1::text[], $2::text[], $3::text[]) AS t(channel, ref, status)
+                WHERE r.channel = t.channel AND r.ref = t.ref AND r.status = 'submitted'
+                RETURNING r.channel, r.ref, r.message_id
+                """,
+                [r[0] for r in reports], [r[1] for r in reports], [r[2] for r in reports],
+            )
+            by_ref = {(r["channel"], r["ref"]): r["message_id"] for r in refs}
+            # A report for a ref already reported (a duplicate report) matches but changes nothing.
+            known = await conn.fetch(
+                "SELECT channel, ref, message_id FROM message_refs"
+                " WHERE (channel, ref) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                [r[0] for r in reports], [r[1] for r in reports],
+            )
+            known_refs = {(r["channel"], r["ref"]): r["message_id"] for r in known}
+            delivered: dict[int, int] = {}
+            failed: dict[int, tuple[str, str, str]] = {}
+            for channel, ref, status, error_code in reports:
+                mid = by_ref.get((channel, ref))
+                if mid is None:
+                    outcomes.append(ReportOutcome(matched=(channel, ref) in known_refs,
+                                                  message_id=known_refs.get((channel, ref))))
+                    continue
+                if status == Status.DELIVERED:
+                    delivered[mid] = delivered.get(mid, 0) + 1
+                else:
+                    failed.setdefault(mid, (status, error_code, channel))
+                outcomes.append(ReportOutcome(matched=True, message_id=mid, status=status))
+            changes: list[tuple[int, str, str | None, str | None, str]] = []
+            if delivered:
+                rows = await conn.fetch(
+                    """
+                    UPDATE messages m SET parts_delivered = least(m.parts, m.parts_delivered + d.n)
+                    FROM unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE m.id = d.id
+                    RETURNING m.id, m.parts_delivered = m.parts AS complete
+                    """,
+                    list(delivered), list(delivered.values()),
+                )
+                changes += [(r["id"], "delivered", None, None, "all parts delivered")
+                            for r in rows if r["complete"] and r["id"] not in failed]
+            changes += [(mid, st, None, code or None, f"report stat={code or st}")
+                        for mid, (st, code, _ch) in failed.items()]
+            await _aio_set_status(conn, changes)
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------------
+# Trio side.
+
+
+class Store:
+    """Trio-flavoured access to the database. Create with :func:`open_store`."""
+
+    def __init__(self, pool: asyncpg.Pool, loop: Any) -> None:
+        self._pool = pool
+        self._ids: list[int] = []
+        # The loop is held here so that any Trio task may use the store, not only those
+        # started inside ``trio_asyncio.open_loop()`` (the loop is found by context variable).
+        self._loop = loop
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await aio_as_trio(fn, loop=self._loop)(*args)
+        except (StoreError,):
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return await self._call(self._pool.execute, sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._call(self._pool.fetch, sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self._call(self._pool.fetchrow, sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._call(self._pool.fetchval, sql, *args)
+
+    async def ping(self) -> bool:
+        try:
+            return await self.fetchval("SELECT 1") == 1
+        except StoreError:
+            return False
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations not yet applied; safe to run twice and from several nodes."""
+        applied = await self._call(_aio_migrate, self._pool)
+        if applied:
+            log.info("migrations applied versions=%s", applied)
+        return applied
+
+    # -- accounts and keys -------------------------------------------------------------------
+
+    async def ensure_account(self, name: str) -> Account:
+        """The account of that name, created (with a new webhook secret) if missing."""
+        row = await self.fetchrow(
+            "INSERT INTO accounts (name, webhook_secret) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name"
+            " RETURNING id, name, webhook_secret",
+            name, secrets.token_hex(32),
+        )
+        assert row is not None
+        return Account(row["id"], row["name"], row["webhook_secret"])
+
+    async def account_by_name(self, name: str) -> Account | None:
+        row = await self.fetchrow("SELECT id, name, webhook_secret FROM accounts WHERE name = $1", name)
+        return None if row is None else Account(row["id"], row["name"], row["webhook_secret"])
+
+    async def create_api_key(self, account_id: int) -> str:
+        """A new key for the account: returned once, stored only as a hash."""
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        await self.execute(
+            "INSERT INTO api_keys (account_id, key_hash, prefix) VALUES ($1, $2, $3)",
+            account_id, hash_api_key(key), key[: len(API_KEY_PREFIX) + 6],
+        )
+        return key
+
+    async def account_for_key(self, key: str) -> Account | None:
+        row = await self.fetchrow(
+            "SELECT a.id, a.name, a.webhook_secret FROM api_keys k JOIN accounts a ON a.id = k.account_id"
+            " WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            hash_api_key(key),
+        )
+        return None if row is None else Account(row["id"], row["name"], row["webhook_secret"])
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def accept(self, batch: Sequence[AcceptRequest]) -> list[AcceptResult]:
+        """Store a batch of send requests durably, in one transaction (group commit)."""
+        return await self._call(_aio_accept, self._pool, batch, self._allocate_ids)
+
+    async def _allocate_ids(self, conn: asyncpg.Connection, count: int) -> list[int]:
+        """``count`` unused message ids (asyncio side): from this process's blocks, each
+        fetched with one ``nextval`` and never handed to another node."""
+        while len(self._ids) < count:
+            need = (count - len(self._ids) + ID_BLOCK - 1) // ID_BLOCK
+            for (block,) in await conn.fetch(
+                    "SELECT nextval('message_id_blocks') FROM generate_series(1, $1)", need):
+                self._ids.extend(range(block * ID_BLOCK, (block + 1) * ID_BLOCK))
+        out, self._ids = self._ids[:count], self._ids[count:]
+        out.sort()  # blocks fetched concurrently may land out of order; a request's ids ascend
+        return out
+
+    async def message(self, message_id: int, account_id: int | None = None) -> MessageView | None:
+        row = await self.fetchrow(
+            "SELECT id, account_id, dest, body, status, channel, parts, created_at, callback_url, error_code"
+            " FROM messages WHERE id = $1",
+            message_id,
+        )
+        if row is None or (account_id is not None and row["account_id"] != account_id):
+            return None
+        events = await self.fetch(
+            "SELECT status, at, detail FROM message_events WHERE message_id = $1 ORDER BY at, ctid",
+            message_id,
+        )
+        return MessageView(
+            id=row["id"], account_id=row["account_id"], dest=row["dest"], body=row["body"],
+            status=row["status"], channel=row["channel"], parts=row["parts"],
+            created_at=row["created_at"], callback_url=row["callback_url"], error_code=row["error_code"],
+            events=tuple(MessageEvent(e["status"], e["at"], e["detail"]) for e in events),
+        )
+
+    # -- the outbound queue ------------------------------------------------------------------
+
+    async def claim(self, node: str, limit: int, lease: float) -> list[OutboundMessage]:
+        """Claim up to ``limit`` due messages for ``node`` for ``lease`` seconds.
+
+        Rows locked by another node's claim are skipped (``FOR UPDATE SKIP LOCKED``); a lease
+        that runs out makes the message claimable again, so a node that dies loses nothing.
+        """
+        rows = await self.fetch(_CLAIM, limit, node, lease)
+        from .text import plan  # late: text is pure and imported by the API anyway
+
+        out = []
+        for r in rows:
+            segments = plan(r["body"], max_parts=255)
+            out.append(OutboundMessage(
+                id=r["id"], account_id=r["account_id"], dest=r["dest"], operator=r["operator"],
+                encoding=r["encoding"], parts=tuple(segments.parts), priority=r["priority"],
+                msg_class=r["class"], sender=r["sender"], expires_at=r["expires_at"],
+                attempts=r["attempts"],
+            ))
+        out.sort(key=lambda m: (-m.priority, m.id))
+        return out
+
+    async def release(self, message_ids: Sequence[int], delay: float = 0.0) -> None:
+        """Give claimed messages back to the queue, due again after ``delay`` seconds."""
+        if message_ids:
+            await self.execute(
+                "UPDATE outbound_queue SET leased_by = NULL, lease_until = NULL,"
+                " not_before = now() + make_interval(secs => $2) WHERE message_id = ANY($1::bigint[])",
+                list(message_ids), delay,
+            )
+
+    async def queue_depth(self) -> int:
+        return await self.fetchval("SELECT count(*) FROM outbound_queue")
+
+    async def set_status(self, rows: Sequence[tuple[int, Status, str | None, str | None, str]]) -> set[int]:
+        """(message_id, status, channel, error_code, detail) each; final states are final."""
+        async def run(pool: asyncpg.Pool) -> set[int]:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    return await _aio_set_status(conn, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows])
+
+        return await self._call(run, self._pool)
+
+    async def record_submitted(self, items: Sequence[tuple[str, int, int, str]]) -> list[int]:
+        """Persist (channel, message_id, part, ref) mappings; returns ids now fully submitted."""
+        if not items:
+            return []
+        return await self._call(_aio_submitted, self._pool, items)
+
+    async def record_reports(self, reports: Sequence[tuple[str, str, str, str]]) -> list[ReportOutcome]:
+        """Apply (channel, ref, status, error_code) reports; unmatched ones say so."""
+        if not reports:
+            return []
+        return await self._call(_aio_reports, self._pool, reports)
+
+    async def record_mo(self, items: Sequence[tuple[str, str, str, str, datetime]]) -> list[int]:
+        """Store inbound messages (channel, sender, service_number, body, received_at)."""
+        if not items:
+            return []
+        rows = await self.fetch(
+            "INSERT INTO inbound_messages (channel, sender, service_number, body, received_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
+            " RETURNING id",
+            *[list(c) for c in zip(*items)],
+        )
+        return [r["id"] for r in rows]
+
+
+@asynccontextmanager
+async def open_store(url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> AsyncIterator[Store]:
+    """A connection pool to ``url``; the caller has entered ``trio_asyncio.open_loop()``."""
+    try:
+        pool = await aio_as_trio(asyncpg.create_pool)(
+            dsn=url, min_size=min(2, pool_size), max_size=pool_size, timeout=connect_timeout,
+            command_timeout=60, server_settings={"application_name": "smsgw"},
+        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise _translate(exc) from exc
+    try:
+        yield Store(pool, trio_asyncio.current_loop.get())
+    finally:
+        try:
+            await aio_as_trio(pool.close)()
+        except Exception as exc:  # closing must not mask the error that got us here
+            log.warning("closing the database pool failed: %s", exc)
