@@ -19,6 +19,7 @@ import trio_asyncio
 from .api import Api
 from .channel import Channel
 from .config import Config, split_listen
+from .errors import ConfigError
 from .dispatcher import Dispatcher
 from .http import Router, serve_http
 from .http.server import HttpLimits
@@ -26,6 +27,7 @@ from .intake import Intake
 from .metrics import Metrics
 from .pgserver import EmbeddedPostgres
 from .store import Store, open_store
+from .webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +67,25 @@ async def open_database(config: Config) -> AsyncIterator[tuple[Store, str]]:
                 await embedded.stop()
 
 
+def build_channels(config: Config) -> list[Channel]:
+    """The channels the configuration names: one per ``[[cmpp]]`` account."""
+    from .cmpp_channel import CmppChannel
+
+    if config.modems:
+        raise ConfigError("modems: GSM modem channels are not available in this build; remove the [[modems]] tables")
+    return [CmppChannel(c) for c in config.cmpp]
+
+
 async def serve_gateway(
     config: Config,
     *,
-    channels: Sequence[Channel] = (),
+    channels: Sequence[Channel] | None = None,
     extra_routes: Callable[[Router, Running], None] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until cancelled."""
+    """Run the gateway until cancelled; ``channels`` default to those the configuration names."""
+    if channels is None:
+        channels = build_channels(config)
     async with open_database(config) as (store, url):
         metrics = Metrics()
         dispatcher = Dispatcher(store, channels, config.dispatcher, metrics)
@@ -84,6 +97,7 @@ async def serve_gateway(
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
             await nursery.start(dispatcher.run)
+            await nursery.start(WebhookSender(store, metrics).run)
             running = Running(http_url="", http_port=0, database_url=url, store=store,
                               dispatcher=dispatcher, metrics=metrics)
             if extra_routes is not None:

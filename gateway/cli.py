@@ -85,6 +85,27 @@ def cmd_apikey_create(args: argparse.Namespace) -> None:
     trio.run(_with_store, _config_from(args), create)
 
 
+def cmd_sim_ismg(args: argparse.Namespace) -> None:
+    from .cmpp import IsmgSimulator
+    from .cmpp.pdus import VERSION_2_0, VERSION_3_0
+    from .config import split_listen
+
+    host, port = split_listen(args.listen)
+    if not 0.0 <= args.fail_rate <= 1.0:
+        raise GatewayError("--fail-rate must be between 0 and 1")
+    sim = IsmgSimulator(sp_id=args.sp_id, secret=args.secret,
+                        version=VERSION_3_0 if args.version == "3.0" else VERSION_2_0,
+                        dlr_delay=args.dlr_delay_ms / 1000, fail_rate=args.fail_rate, max_rate=args.max_rate)
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(sim.serve, host, port)
+            print(f"ISMG simulator (CMPP {args.version}) listening on {host}:{bound} sp_id={args.sp_id}", flush=True)
+            task_status.started()
+
+    trio.run(_until_signal, serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsgw", description="Asynchronous SMS gateway on Trio.")
     p.add_argument("--version", action="version", version=f"smsgw {__version__}")
@@ -102,6 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="production mode, from a TOML configuration")
     r.add_argument("--config", required=True, help="the TOML configuration file")
     r.set_defaults(func=cmd_run)
+
+    sim = sub.add_parser("sim", help="the simulators the gateway is tested against")
+    simsub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIMULATOR")
+    si = simsub.add_parser("ismg", help="an operator ISMG speaking CMPP, server side")
+    si.add_argument("--listen", default="127.0.0.1:7890", help="HOST:PORT (default 127.0.0.1:7890)")
+    si.add_argument("--version", choices=["2.0", "3.0"], default="3.0", help="CMPP version (default 3.0)")
+    si.add_argument("--sp-id", required=True, help="the SP id (Source_Addr) it accepts")
+    si.add_argument("--secret", required=True, help="the shared secret of that SP")
+    si.add_argument("--dlr-delay-ms", type=float, default=0.0, help="delay before each status report")
+    si.add_argument("--fail-rate", type=float, default=0.0, help="share of SUBMITs answered with an error (0-1)")
+    si.add_argument("--max-rate", type=float, default=None,
+                    help="SUBMITs per second per connection; over it the answer is Result 8 (flow control)")
+    si.set_defaults(func=cmd_sim_ismg)
 
     m = sub.add_parser("migrate", help="apply database schema migrations")
     m.add_argument("--config", help="the TOML configuration file (default: embedded database in --data-dir)")

@@ -1,6 +1,6 @@
 """``smsgw demo``: the whole gateway on embedded defaults, for a first look.
 
-An embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
+An ISMG simulator with one CMPP 3.0 link to it (China Mobile numbers), an embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
 (kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), and a ready file
 for scripts. Channels and simulators join the demo as they are wired into the gateway.
 """
@@ -16,7 +16,9 @@ import msgspec
 import trio
 
 from .app import Running, serve_gateway
-from .config import Config, HttpConfig, default_config
+from .cmpp import IsmgSimulator
+from .cmpp.pdus import VERSION_3_0
+from .config import CmppConfig, Config, HttpConfig, default_config, split_listen
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,19 @@ class DemoOptions(msgspec.Struct, kw_only=True):
     ready_file: str | None = None
 
 
-def demo_config(options: DemoOptions) -> Config:
-    return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http))
+DEMO_SP_ID = "901234"
+DEMO_SECRET = "demo-secret"
+DEMO_SERVICE_NUMBER = "10658888"
+DLR_DELAY = 0.5
+"""Seconds the simulated operator takes to report delivery."""
+
+
+def demo_config(options: DemoOptions, ismg_port: int) -> Config:
+    host, _ = split_listen(options.ismg)
+    cmpp = CmppConfig(name="cmcc-demo", host=host, port=ismg_port, version="3.0", sp_id=DEMO_SP_ID,
+                      secret=DEMO_SECRET, service_number=DEMO_SERVICE_NUMBER, window=16, rate=1000.0,
+                      operators=["cmcc"])
+    return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http), cmpp=[cmpp])
 
 
 async def demo_credentials(store: Store, data_dir: str) -> tuple[str, str]:
@@ -72,6 +85,7 @@ smsgw demo is up.
 
   HTTP API     {url}
   metrics      {url}/metrics
+  ISMG (CMPP)  China Mobile numbers go through a CMPP 3.0 link to the ISMG simulator
   account      {DEMO_ACCOUNT}
   API key      {key}
 
@@ -89,8 +103,12 @@ Stop with Ctrl-C.
 
 async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[str, object]] = trio.TASK_STATUS_IGNORED) -> None:
     Path(options.data_dir).mkdir(parents=True, exist_ok=True)
-    config = demo_config(options)
     async with trio.open_nursery() as nursery:
+        # The operator side first: an ISMG simulator for China Mobile numbers.
+        sim = IsmgSimulator(sp_id=DEMO_SP_ID, secret=DEMO_SECRET, version=VERSION_3_0, dlr_delay=DLR_DELAY)
+        ismg_host, ismg_port = split_listen(options.ismg)
+        ismg_port = await nursery.start(sim.serve, ismg_host, ismg_port)
+        config = demo_config(options, ismg_port)
         running: Running = await nursery.start(serve_gateway, config)
         key, secret = await demo_credentials(running.store, options.data_dir)
         info: dict[str, object] = {
@@ -98,6 +116,7 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
             "account": DEMO_ACCOUNT,
             "api_key": key,
             "webhook_secret": secret,
+            "ismg": f"{ismg_host}:{ismg_port}",
         }
         if options.ready_file:
             write_ready_file(options.ready_file, info)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,16 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise AssertionError("HTTP API not up in time")
 
 
+def wait_for_status(url: str, auth: dict, mid: str, status: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/v1/messages/{mid}", headers=auth).json()
+        if body["status"] == status:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"message {mid} is {body['status']}, not {status}")
+
+
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> int:
     proc.send_signal(sig)
     return proc.wait(timeout=timeout)
@@ -83,16 +94,20 @@ def data_dir(tmp_path):
 def test_demo_serves_survives_restart_and_stops_cleanly(tmp_path, data_dir):
     ready = tmp_path / "ready.json"
     port = free_port()
-    cmd = SMSGW + ["demo", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}", "--ready-file", str(ready)]
+    cmd = SMSGW + ["demo", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}", "--ismg", "127.0.0.1:0",
+                   "--ready-file", str(ready)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         info = wait_ready_file(ready, proc)
         assert info["http"] == f"http://127.0.0.1:{port}" and info["account"] == "demo"
         assert info["api_key"].startswith("smsgw_") and len(info["webhook_secret"]) == 64
         auth = {"Authorization": f"Bearer {info['api_key']}"}
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", info["ismg"])
         r = httpx.post(info["http"] + "/v1/messages", json={"to": "13800138000", "text": "你好"}, headers=auth)
         assert r.status_code == 202
         mid = r.json()["messages"][0]["id"]
+        wait_for_status(info["http"], auth, mid, "delivered")
+        assert httpx.get(info["http"] + "/healthz").status_code == 200
     finally:
         rc = stop(proc)
     out = proc.stdout.read().decode()
@@ -195,3 +210,30 @@ def test_bad_configuration_fails_naming_the_key(tmp_path):
     assert out.returncode == 2
     assert "lisen" in out.stderr and "bad.toml" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_run_with_a_cmpp_table_against_the_simulator_process(tmp_path, data_dir):
+    ismg_port, http_port = free_port(), free_port()
+    sim = subprocess.Popen(SMSGW + ["sim", "ismg", "--listen", f"127.0.0.1:{ismg_port}", "--version", "2.0",
+                                    "--sp-id", "123456", "--secret", "pw", "--dlr-delay-ms", "50"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    config = tmp_path / "smsgw.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n[http]\nlisten = "127.0.0.1:{http_port}"\n'
+        f'[[cmpp]]\nname = "cmcc-1"\nport = {ismg_port}\nversion = "2.0"\nsp_id = "123456"\nsecret = "pw"\n'
+        f'service_number = "10658888"\noperators = ["cmcc"]\n')
+    key = subprocess.run(SMSGW + ["apikey", "create", "--account", "shop", "--config", str(config)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    gw = subprocess.Popen(SMSGW + ["run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{http_port}"
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        wait_http(url, gw)
+        r = httpx.post(url + "/v1/messages", json={"to": "+8613800138000", "text": "订单已发货" * 20}, headers=auth)
+        assert r.status_code == 202
+        body = wait_for_status(url, auth, r.json()["messages"][0]["id"], "delivered")
+        assert body["channel"] == "cmcc-1" and body["parts"] == 2
+    finally:
+        assert stop(gw) == 0
+        assert stop(sim) == 0
+    assert b"listening on 127.0.0.1:" in sim.stdout.read()

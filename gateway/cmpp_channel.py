@@ -1,0 +1,194 @@
+"""A ``[[cmpp]]`` account as a gateway channel: ``connections`` CMPP links sharing one rate.
+
+The adapter between :mod:`gateway.cmpp` (which knows nothing of the gateway) and the channel
+interface of :mod:`gateway.channel`. Each part of a message becomes one SUBMIT; the operator's
+Msg_Id (as a decimal string) is the part's ref, persisted by the dispatcher so that a status
+report arriving on any link, or on another node, finds its message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import trio
+
+from .channel import (
+    ChannelEvent,
+    DeliveryReport,
+    LinkState,
+    MoReceived,
+    OutboundMessage,
+    Status,
+    Submitted,
+    SubmitFailed,
+)
+from .cmpp import (
+    CmppLink,
+    CmppLinkConfig,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    StatusReport,
+    SubmitAcked,
+    SubmitRejected,
+    SubmitRequest,
+)
+from .cmpp import MoReceived as CmppMo
+from .cmpp.client import INPUT_QUEUE_SIZE
+from .cmpp.longsms import concat_udh
+from .cmpp.pdus import VERSION_2_0, VERSION_3_0, MsgFmt
+from .config import CmppConfig
+from .text import Encoding, InvalidNumber, normalize_msisdn
+
+log = logging.getLogger(__name__)
+
+LINK_EVENT_BUFFER = 4096
+
+# Status report Stat → SPEC status. ACCEPTD is not final (the SMSC still holds the message);
+# anything else that is not a known word is an operator error code: undeliverable.
+_STAT_STATUS = {
+    "DELIVRD": Status.DELIVERED,
+    "EXPIRED": Status.EXPIRED,
+    "UNDELIV": Status.UNDELIVERABLE,
+    "REJECTD": Status.REJECTED,
+    "DELETED": Status.UNDELIVERABLE,
+    "UNKNOWN": Status.UNDELIVERABLE,
+}
+_NOT_FINAL = frozenset({"ACCEPTD", "ENROUTE"})
+
+ASCII_MAX = 159
+"""Msg_Fmt 0 carries fewer than 160 octets (the SUBMIT Msg_Length rule for ASCII)."""
+
+
+def stat_status(stat: str) -> Status | None:
+    """The final status a Stat means, or None for an intermediate one."""
+    stat = stat.strip().upper()
+    if stat in _NOT_FINAL:
+        return None
+    return _STAT_STATUS.get(stat, Status.UNDELIVERABLE)
+
+
+def encode_parts(message: OutboundMessage, ref: int) -> list[tuple[int, int, bytes]]:
+    """(msg_fmt, udhi, content) for each part, as planned at acceptance.
+
+    GSM 7-bit plans go as Msg_Fmt 0 when every part is ASCII (the ISMG packs it); others as
+    UCS2 (Msg_Fmt 8). Long messages carry the 6-byte concatenation UDH.
+    """
+    total = len(message.parts)
+    ascii_ok = message.encoding == Encoding.GSM7 and all(p.isascii() for p in message.parts)
+    out = []
+    for seq, part in enumerate(message.parts, start=1):
+        if ascii_ok:
+            fmt, body = MsgFmt.ASCII, part.encode("ascii")
+        else:
+            fmt, body = MsgFmt.UCS2, part.encode("utf-16-be")
+        if total > 1:
+            out.append((int(fmt), 1, concat_udh(ref, total, seq) + body))
+        else:
+            out.append((int(fmt), 0, body))
+    return out
+
+
+def _national(number: str) -> str:
+    """ISMGs often prefix the sender with 86; the gateway keeps the 11-digit form."""
+    try:
+        return normalize_msisdn(number)
+    except InvalidNumber:
+        return number
+
+
+class CmppChannel:
+    """One ISMG account as one channel; its links share the configured rate."""
+
+    def __init__(self, config: CmppConfig, *, wall_clock=time.time) -> None:
+        self.name = config.name
+        self.operators = frozenset(config.operators)
+        self._config = config
+        self._send, self._receive = trio.open_memory_channel[LinkEvent](LINK_EVENT_BUFFER)
+        version = VERSION_3_0 if config.version == "3.0" else VERSION_2_0
+        self.links = [
+            CmppLink(
+                CmppLinkConfig(
+                    sp_id=config.sp_id, secret=config.secret, host=config.host, port=config.port,
+                    version=version, name=f"{config.name}#{i}" if config.connections > 1 else config.name,
+                    window=config.window, rate=config.rate / config.connections,
+                ),
+                self._send.clone(),
+                wall_clock=wall_clock,
+            )
+            for i in range(config.connections)
+        ]
+        self._next_ref = 0
+        self._was_up = False
+
+    @property
+    def up(self) -> bool:
+        return any(link.up for link in self.links)
+
+    def capacity(self) -> int:
+        free = 0
+        for link in self.links:
+            if link.up:
+                stats = link.statistics()
+                free += max(0, INPUT_QUEUE_SIZE - stats.input_queue - stats.retry_queue)
+        return free // 2  # leave room for the parts of long messages
+
+    def _pick(self) -> CmppLink:
+        best = None
+        for link in self.links:
+            if not link.up:
+                continue
+            if best is None or link.statistics().input_queue < best.statistics().input_queue:
+                best = link
+        return best or self.links[0]
+
+    async def submit(self, message: OutboundMessage) -> None:
+        self._next_ref = (self._next_ref + 1) % 256
+        link = self._pick()  # all parts on one link, in order
+        parts = encode_parts(message, self._next_ref)
+        src_id = (self._config.service_number + message.sender)[:21]
+        for number, (fmt, udhi, content) in enumerate(parts, start=1):
+            await link.submit(SubmitRequest(
+                ref=(message.id, number), dest=message.dest, src_id=src_id, content=content, msg_fmt=fmt,
+                udhi=udhi, pk_total=len(parts), pk_number=number, registered_delivery=1,
+                service_id=self._config.service_id,
+            ))
+
+    async def run(self, events: trio.MemorySendChannel[ChannelEvent], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for link in self.links:
+                await nursery.start(link.run)
+            task_status.started()
+            async for event in self._receive:
+                out = self._translate(event)
+                if out is not None:
+                    await events.send(out)
+
+    def _translate(self, event: LinkEvent) -> ChannelEvent | None:
+        if isinstance(event, SubmitAcked):
+            message_id, part = event.ref
+            return Submitted(channel=self.name, message_id=message_id, part=part, ref=str(event.msg_id))
+        if isinstance(event, StatusReport):
+            status = stat_status(event.stat)
+            if status is None:
+                return None
+            code = "" if status is Status.DELIVERED else event.stat.strip()
+            return DeliveryReport(channel=self.name, ref=str(event.msg_id), status=status, error_code=code)
+        if isinstance(event, SubmitRejected):
+            message_id, part = event.ref
+            return SubmitFailed(channel=self.name, message_id=message_id, transient=event.transient,
+                                reason=f"SUBMIT_RESP Result={event.result} (part {part})",
+                                error_code=str(event.result))
+        if isinstance(event, CmppMo):
+            return MoReceived(channel=self.name, sender=_national(event.src), service_number=event.dest, text=event.text,
+                              received_at=datetime.fromtimestamp(event.received_at, timezone.utc))
+        if isinstance(event, (LinkUp, LinkDown)):
+            up = self.up
+            if up != self._was_up:
+                self._was_up = up
+                detail = f"link={event.link}" + (f" reason={event.reason}" if isinstance(event, LinkDown) else "")
+                return LinkState(channel=self.name, up=up, detail=detail)
+        return None

@@ -1,0 +1,110 @@
+"""The CMPP channel in the gateway: HTTP in, CMPP over real TCP to the ISMG simulator, reports back."""
+
+from __future__ import annotations
+
+import trio
+
+from gateway.channel import OutboundMessage, Status
+from gateway.cmpp import IsmgSimulator
+from gateway.cmpp_channel import CmppChannel, encode_parts, stat_status
+from gateway.config import CmppConfig
+from tests.conftest import start_gateway
+from tests.test_dispatcher import send, wait_status
+
+
+def cmpp_config(port: int, **kw) -> CmppConfig:
+    base = dict(name="cmcc-1", host="127.0.0.1", port=port, version="3.0", sp_id="901234", secret="s3cret",
+                service_number="10658888", window=16, rate=1000.0, operators=["cmcc"])
+    base.update(kw)
+    return CmppConfig(**base)
+
+
+async def start_stack(nursery, database_url, sim: IsmgSimulator, **kw):
+    port = await nursery.start(sim.serve, "127.0.0.1", 0)
+    channel = CmppChannel(cmpp_config(port, **kw))
+    gw = await start_gateway(nursery, database_url, channels=[channel])
+    with trio.fail_after(10):
+        await sim.wait_logged_in()
+    return gw, channel
+
+
+async def test_message_to_china_mobile_ends_delivered(nursery, database_url):
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret", dlr_delay=0.05)
+    gw, channel = await start_stack(nursery, database_url, sim)
+    short, = await send(gw, {"to": "13800138000", "text": "Your code is 1234"})
+    long_zh, = await send(gw, {"to": "13800138001", "text": "尊敬的会员，" + "本周末全场商品八折优惠，欢迎光临。" * 8})
+    assert long_zh["parts"] > 1
+    await wait_status(gw.store, int(short["id"]), "delivered")
+    await wait_status(gw.store, int(long_zh["id"]), "delivered")
+    async with gw.client() as c:
+        detail = (await c.get(f"/v1/messages/{long_zh['id']}")).json()
+        health = await c.get("/healthz")
+    assert detail["channel"] == "cmcc-1"
+    assert [e["status"] for e in detail["events"]] == ["accepted", "queued", "submitted", "delivered"]
+    assert health.status_code == 200 and health.json()["channels"] == {"cmcc-1": "up"}
+    refs = await gw.store.fetchval("SELECT count(*) FROM message_refs WHERE message_id = $1", int(long_zh["id"]))
+    assert refs == long_zh["parts"]
+
+
+async def test_undeliverable_report_is_final_with_the_operator_code(nursery, database_url):
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret", outcomes={"UNDELIV": 1.0})
+    gw, _ = await start_stack(nursery, database_url, sim)
+    m, = await send(gw, {"to": "13800138000", "text": "x"})
+    await wait_status(gw.store, int(m["id"]), "undeliverable")
+    assert await gw.store.fetchval("SELECT error_code FROM messages WHERE id = $1", int(m["id"])) == "UNDELIV"
+
+
+async def test_mo_through_the_ismg_reaches_the_store_reassembled(nursery, database_url):
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret")
+    gw, _ = await start_stack(nursery, database_url, sim)
+    text = "我想查询积分，" * 15
+    with trio.fail_after(10):
+        parts = await sim.inject_mo("8613900000001", "10658888001", text)
+    assert parts > 1
+    with trio.fail_after(10):
+        while not await gw.store.fetchval("SELECT count(*) FROM inbound_messages"):
+            await trio.sleep(0.02)
+    row = await gw.store.fetchrow("SELECT channel, sender, service_number, body FROM inbound_messages")
+    assert tuple(row) == ("cmcc-1", "13900000001", "10658888001", text)
+
+
+async def test_messages_survive_a_dropped_connection(nursery, database_url):
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret", dlr_delay=0.05)
+    gw, channel = await start_stack(nursery, database_url, sim)
+    first = await send(gw, {"to": [f"1380013{i:04d}" for i in range(50)], "text": "before the drop"})
+    sim.drop_connections()
+    second = await send(gw, {"to": [f"1390013{i:04d}" for i in range(50)], "text": "during the drop"})
+    for m in first + second:
+        await wait_status(gw.store, int(m["id"]), "delivered", timeout=30)
+
+
+def test_stat_words_map_to_spec_statuses():
+    assert stat_status("DELIVRD") is Status.DELIVERED
+    assert stat_status("EXPIRED") is Status.EXPIRED
+    assert stat_status("REJECTD") is Status.REJECTED
+    assert stat_status("UNDELIV") is Status.UNDELIVERABLE
+    assert stat_status("MK:0001") is Status.UNDELIVERABLE
+    assert stat_status("ACCEPTD") is None
+
+
+def test_parts_are_encoded_as_planned():
+    from datetime import datetime, timezone
+
+    from gateway.text import plan
+
+    def msg(text):
+        p = plan(text)
+        return OutboundMessage(id=1, account_id=1, dest="13800138000", operator="cmcc", encoding=p.encoding,
+                               parts=p.parts, priority=0, msg_class="transactional", sender="",
+                               expires_at=datetime.now(timezone.utc))
+
+    (fmt, udhi, content), = encode_parts(msg("hello"), 7)
+    assert (fmt, udhi, content) == (0, 0, b"hello")
+    parts = encode_parts(msg("你" * 70), 7)
+    assert [(f, u) for f, u, _ in parts] == [(8, 0)] and len(parts[0][2]) == 140
+    parts = encode_parts(msg("你" * 71), 9)
+    assert len(parts) == 2 and all(f == 8 and u == 1 for f, u, _ in parts)
+    assert parts[0][2][:6] == bytes([5, 0, 3, 9, 2, 1]) and parts[1][2][:6] == bytes([5, 0, 3, 9, 2, 2])
+    assert len(parts[0][2]) == 6 + 134
+    parts = encode_parts(msg("a" * 300), 1)
+    assert all(f == 0 and len(c) <= 159 for f, _, c in parts)
