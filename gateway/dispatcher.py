@@ -55,6 +55,8 @@ GRACE_RETRY = 1.0
 RETRY_BACKOFF = (1.0, 5.0, 15.0, 60.0, 300.0)
 """Delay before a transient failure is tried again, by attempt."""
 STORE_RETRY = 1.0
+EXPIRY_SWEEP = 5.0
+"""Seconds between sweeps that end overdue messages ``expired``."""
 
 
 def default_node_id() -> str:
@@ -87,6 +89,7 @@ class Dispatcher:
             nursery.start_soon(self._event_loop, receive)
             nursery.start_soon(self._claim_loop)
             nursery.start_soon(self._grace_loop)
+            nursery.start_soon(self._expiry_loop)
             task_status.started()
 
     # -- claiming -------------------------------------------------------------------------------
@@ -247,6 +250,15 @@ class Dispatcher:
                     await self._record_reports(pending)
                 except StoreError as exc:
                     log.warning("retrying held delivery reports failed: %s", exc)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await trio.sleep(EXPIRY_SWEEP)
+            try:
+                while (n := await self._store.expire_overdue()) > 0:
+                    self._metrics.messages.labels("expired", "").inc(n)
+            except StoreError as exc:
+                log.warning("expiring overdue messages failed: %s", exc)
 
     def statistics(self) -> dict[str, int]:
         return {"held_reports": len(self._grace), "channels_up": sum(1 for c in self.channels if c.up)}

@@ -8,7 +8,7 @@ never a phone number or a message id. Drivers update these; protocol cores expos
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -20,6 +20,7 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition for no use
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.api_requests = Counter(
             "smsgw_api_requests_total", "HTTP API requests by route and status code", ["route", "code"], registry=r)
@@ -45,6 +46,9 @@ class Metrics:
         self.reports_unmatched = Counter(
             "smsgw_delivery_reports_unmatched_total", "Delivery reports that matched no message after the grace period",
             ["channel"], registry=r)
+        self.webhooks = Counter(
+            "smsgw_webhook_attempts_total", "Delivery webhook attempts by result (delivered, retry, failed)",
+            ["result"], registry=r)
         self.mo_received = Counter("smsgw_mo_received_total", "Inbound messages received", ["channel"], registry=r)
 
     def exposition(self) -> bytes:

@@ -298,7 +298,11 @@ u AS (
     SET status = t.status, channel = coalesce(t.channel, m.channel),
         error_code = coalesce(t.error_code, m.error_code), updated_at = now()
     FROM t WHERE m.id = t.id AND m.status <> ALL($6::text[])
-    RETURNING m.id
+    RETURNING m.id, m.status, m.callback_url
+),
+w AS (
+    INSERT INTO webhook_outbox (message_id, url)
+    SELECT u.id, u.callback_url FROM u WHERE u.callback_url IS NOT NULL AND u.status = ANY($6::text[])
 )
 INSERT INTO message_events (message_id, status, detail)
 SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id
@@ -586,6 +590,17 @@ class Store:
         if not reports:
             return []
         return await self._call(_aio_reports, self._pool, reports)
+
+    async def expire_overdue(self, limit: int = 1000) -> int:
+        """Messages past their validity with no final state end ``expired``."""
+        ids = [r[0] for r in await self.fetch(
+            "SELECT id FROM messages WHERE status IN ('accepted', 'queued', 'submitted') AND expires_at < now()"
+            " LIMIT $1", limit)]
+        if not ids:
+            return 0
+        moved = await self.set_status([(i, Status.EXPIRED, None, None, "no final report within the validity period")
+                                       for i in ids])
+        return len(moved)
 
     async def record_mo(self, items: Sequence[tuple[str, str, str, str, datetime]]) -> list[int]:
         """Store inbound messages (channel, sender, service_number, body, received_at)."""

@@ -1,0 +1,152 @@
+"""Delivery webhooks (SPEC.md "Delivery webhooks").
+
+When a message with a ``callback_url`` reaches a final state, the statement that records the
+state also writes a row to ``webhook_outbox`` (see the store), so a callback is never lost.
+:class:`WebhookSender` claims due rows by lease — any node may send any callback — and POSTs
+``{"id", "to", "status", "channel", "at", "error_code"}`` signed with
+``X-Smsgw-Signature: sha256=<hex HMAC-SHA256 of the body with the account's webhook secret>``.
+A non-2xx answer or a network error is retried with growing delays until :data:`BACKOFF` is
+spent; then the row is marked ``failed`` with the last error.
+
+httpx does the client side (connection pooling, TLS, redirects off, timeouts) on Trio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from datetime import datetime
+
+import httpx
+import msgspec
+import trio
+
+from .errors import StoreError
+from .metrics import Metrics
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+BACKOFF = (0.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 3600.0, 3600.0, 3600.0)
+"""Delay before each attempt: ten attempts over about four hours."""
+BATCH = 100
+LEASE = 60.0
+"""Seconds a claimed callback is reserved for one sender."""
+CONCURRENCY = 32
+"""Callbacks in flight at once."""
+TIMEOUT = 10.0
+IDLE_POLL = 0.5
+SIGNATURE_HEADER = "X-Smsgw-Signature"
+
+
+class DeliveryCallback(msgspec.Struct, frozen=True):
+    """The body of a delivery webhook."""
+
+    id: str
+    to: str
+    status: str
+    channel: str | None
+    at: datetime
+    error_code: str | None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    """What a receiver does: recompute and compare in constant time."""
+    return hmac.compare_digest(sign(secret, body), header)
+
+
+_CLAIM = """
+WITH c AS (
+    SELECT id FROM webhook_outbox
+    WHERE state = 'pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_outbox w SET lease_until = now() + make_interval(secs => $2), attempts = w.attempts + 1
+FROM c, messages m, accounts a
+WHERE w.id = c.id AND m.id = w.message_id AND a.id = m.account_id
+RETURNING w.id, w.url, w.attempts, m.id AS message_id, m.dest, m.status, m.channel, m.updated_at,
+          m.error_code, a.webhook_secret
+"""
+
+
+class WebhookSender:
+    def __init__(self, store: Store, metrics: Metrics, *, client: httpx.AsyncClient | None = None,
+                 backoff: tuple[float, ...] = BACKOFF, idle_poll: float = IDLE_POLL) -> None:
+        self._store = store
+        self._backoff = backoff
+        self._idle_poll = idle_poll
+        self._metrics = metrics
+        self._client = client
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        async with (self._client or httpx.AsyncClient(timeout=TIMEOUT, limits=limits,
+                                                       follow_redirects=False)) as client:
+            task_status.started()
+            limiter = trio.Semaphore(CONCURRENCY)
+            while True:
+                try:
+                    rows = await self._store.fetch(_CLAIM, BATCH, LEASE)
+                except StoreError as exc:
+                    log.warning("claiming webhooks failed: %s", exc)
+                    rows = []
+                if rows:
+                    async with trio.open_nursery() as nursery:
+                        for row in rows:
+                            await limiter.acquire()
+                            nursery.start_soon(self._deliver, client, row, limiter)
+                if len(rows) < BATCH:
+                    with trio.move_on_after(self._idle_poll):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+
+    async def _deliver(self, client: httpx.AsyncClient, row, limiter: trio.Semaphore) -> None:
+        try:
+            body = _encoder.encode(DeliveryCallback(
+                id=str(row["message_id"]), to=row["dest"], status=row["status"], channel=row["channel"],
+                at=row["updated_at"], error_code=row["error_code"]))
+            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
+                       "User-Agent": "smsgw-webhook"}
+            error = ""
+            try:
+                response = await client.post(row["url"], content=body, headers=headers)
+                if 200 <= response.status_code < 300:
+                    await self._finish(row["id"], "delivered", "")
+                    self._metrics.webhooks.labels("delivered").inc()
+                    return
+                error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            attempts = row["attempts"]
+            if attempts >= len(self._backoff):
+                log.warning("webhook given up message_id=%s attempts=%d error=%s", row["message_id"], attempts, error)
+                await self._finish(row["id"], "failed", error)
+                self._metrics.webhooks.labels("failed").inc()
+            else:
+                await self._store.execute(
+                    "UPDATE webhook_outbox SET lease_until = NULL, last_error = $2, updated_at = now(),"
+                    " next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
+                    row["id"], error, self._backoff[attempts])
+                self._metrics.webhooks.labels("retry").inc()
+        except StoreError as exc:  # the lease runs out and another attempt follows
+            log.warning("recording a webhook attempt failed id=%s: %s", row["id"], exc)
+        finally:
+            limiter.release()
+
+    async def _finish(self, outbox_id: int, state: str, error: str) -> None:
+        await self._store.execute(
+            "UPDATE webhook_outbox SET state = $2, last_error = $3, lease_until = NULL, updated_at = now()"
+            " WHERE id = $1", outbox_id, state, error)
