@@ -365,6 +365,8 @@ class CmppLink:
                     nursery.start_soon(self._reader, stream, conn)
                     nursery.start_soon(self._ticker, stream, conn)
                     nursery.start_soon(self._pump, stream, conn)
+            except* LinkError as group:
+                raise group.exceptions[0] from None
             except* _LinkEnded as group:
                 reason = str(group.exceptions[0])
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
@@ -430,6 +432,7 @@ class CmppLink:
                 await stream.send_all(data)
 
     async def _reader(self, stream: trio.SocketStream, conn: CmppConnection) -> None:
+        await self._drain(stream, conn)  # frames that came in the same read as CONNECT_RESP
         while True:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:

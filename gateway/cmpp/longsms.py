@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from gateway.cmpp.errors import LocalProtocolError, RemoteProtocolError
-from gateway.cmpp.pdus import MsgFmt, encode_text
+from gateway.cmpp.pdus import encode_text
 
 __all__ = [
     "SINGLE_PART_BYTES",

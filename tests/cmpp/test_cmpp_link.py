@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pytest
 import trio
@@ -258,3 +259,38 @@ async def test_closed_event_channel_is_a_link_error(nursery):
 def test_mask_number():
     assert mask_number("13800138000") == "138****8000"
     assert mask_number("123") == "****"
+
+
+async def test_deliver_in_the_same_read_as_connect_resp(nursery):
+    """An ISMG that sends an MO right behind CONNECT_RESP, in one TCP write."""
+    from gateway.cmpp.connection import CmppConnection, Role
+    from gateway.cmpp.pdus import Deliver
+
+    answered = trio.Event()
+
+    async def handler(stream):
+        conn = CmppConnection(Role.SERVER, 0x30, sp_id="901234", secret="s3cret")
+        while conn.next_event() is None:
+            conn.receive_data(await stream.receive_some(4096), now=trio.current_time())
+        mo = Deliver(msg_id=1, dest_id="10658888", src_terminal_id="13900000001",
+                     msg_content=b"2")
+        now = trio.current_time()
+        await stream.send_all(conn.answer_login(now=now) + conn.send(mo, now=now))
+        while not answered.is_set():
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            conn.receive_data(data, now=trio.current_time())
+            if conn.next_event() is not None:
+                answered.set()
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    send, recv = trio.open_memory_channel(10)
+    await nursery.start(CmppLink(config(port, tick_interval=60), send).run)
+    with trio.fail_after(5):
+        assert isinstance(await recv.receive(), LinkUp)
+        mo = await recv.receive()
+        await answered.wait()  # and the DELIVER_RESP went back
+    assert isinstance(mo, MoReceived) and mo.text == "2" and mo.src == "13900000001"
