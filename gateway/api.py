@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from . import kannel
 from .channel import Channel
 from .config import Config
 from .errors import StoreError, StoreUnavailable
@@ -193,6 +194,8 @@ class Api:
         r = Router()
         r.add("POST", "/v1/messages", self._wrap("send", self.send))
         r.add("GET", "/v1/messages/{id}", self._wrap("message", self.message))
+        r.add("GET", "/cgi-bin/sendsms", self._wrap("sendsms", self.sendsms))
+        r.add("POST", "/cgi-bin/sendsms", self._wrap("sendsms", self.sendsms))
         r.add("GET", "/healthz", self._wrap("healthz", self.healthz))
         r.add("GET", "/metrics", self._wrap("metrics", self.metrics))
         return r
@@ -230,19 +233,40 @@ class Api:
         if scheme.lower() != "bearer" or not key.strip():
             raise ApiError(401, "unauthorized", "send the API key as `Authorization: Bearer <key>`",
                            headers=[("WWW-Authenticate", 'Bearer realm="smsgw"')])
-        key = key.strip()
+        account = await self._account_for_key(key.strip())
+        if account is None:
+            raise ApiError(401, "unauthorized", "unknown or revoked API key",
+                           headers=[("WWW-Authenticate", 'Bearer realm="smsgw", error="invalid_token"')])
+        return account
+
+    async def _account_for_key(self, key: str) -> Account | None:
         now = time.monotonic()
         cached = self._keys.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
         account = await self._store.account_for_key(key)
         if account is None:
-            raise ApiError(401, "unauthorized", "unknown or revoked API key",
-                           headers=[("WWW-Authenticate", 'Bearer realm="smsgw", error="invalid_token"')])
+            return None
         if len(self._keys) >= AUTH_CACHE_MAX:
             self._keys.clear()
         self._keys[key] = (account, now + AUTH_CACHE_TTL)
         return account
+
+    async def sendsms(self, request: Request) -> Response:
+        """Kannel's ``/cgi-bin/sendsms`` (see :mod:`gateway.kannel`)."""
+        try:
+            params = kannel.parse_params(request)
+            username = params.get("username", params.get("user", b"")).decode("utf-8", "replace")
+            password = params.get("password", params.get("pass", b"")).decode("utf-8", "replace")
+            account = await self._account_for_key(password) if password else None
+            if account is None or account.name != username:
+                raise kannel.KannelError(403, "Authorization failed for sendsms")
+            accept = kannel.sendsms_request(params, account.id, max_recipients=self._config.http.max_recipients,
+                                            max_parts=self._config.http.max_parts, build=build_accept)
+        except kannel.KannelError as exc:
+            return exc.response()
+        await self._intake.accept(accept, timeout=self._config.http.accept_timeout)
+        return kannel.accepted()
 
     async def send(self, request: Request) -> Response:
         account = await self.authenticate(request)

@@ -62,6 +62,9 @@ class AcceptRequest(msgspec.Struct, frozen=True, kw_only=True):
     validity_s: int = 86400
     callback_url: str | None = None
     sender: str = ""
+    dlr_url: str | None = None
+    """A Kannel dlr-url template, called for the events in ``dlr_mask``."""
+    dlr_mask: int = 0
 
 
 class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,21 +186,22 @@ ID_BLOCK = 1000
 _INSERT_ACCEPTED = """
 WITH m AS (
     INSERT INTO messages (id, account_id, client_ref, dest, operator, body, encoding, parts, priority,
-                          class, expires_at, callback_url, sender, status, created_at, updated_at)
+                          class, expires_at, callback_url, sender, dlr_url, dlr_mask, status, created_at, updated_at)
     SELECT t.id, t.account_id, t.client_ref, t.dest, t.operator, t.body, t.encoding, t.parts, t.priority,
-           t.class, $14::timestamptz + make_interval(secs => t.validity_s), t.callback_url, t.sender, 'accepted',
-           $14::timestamptz, $14::timestamptz
+           t.class, $16::timestamptz + make_interval(secs => t.validity_s), t.callback_url, t.sender, t.dlr_url,
+           t.dlr_mask, 'accepted', $16::timestamptz, $16::timestamptz
     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::smallint[], $9::smallint[], $10::text[], $11::int[], $12::text[], $13::text[])
+                $8::smallint[], $9::smallint[], $10::text[], $11::int[], $12::text[], $13::text[], $14::text[],
+                $15::smallint[])
          AS t(id, account_id, client_ref, dest, operator, body, encoding, parts, priority, class, validity_s,
-              callback_url, sender)
+              callback_url, sender, dlr_url, dlr_mask)
     RETURNING id, priority
 ),
 e AS (
-    INSERT INTO message_events (message_id, at, status, detail) SELECT id, $14, 'accepted', '' FROM m
+    INSERT INTO message_events (message_id, at, status, detail) SELECT id, $16, 'accepted', '' FROM m
 ),
 q AS (
-    INSERT INTO outbound_queue (message_id, priority, not_before) SELECT id, priority, $14 FROM m
+    INSERT INTO outbound_queue (message_id, priority, not_before) SELECT id, priority, $16 FROM m
 )
 SELECT count(*) FROM m
 """
@@ -241,7 +245,7 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
             count = sum(len(batch[i].messages) for i in fresh)
             if count:
                 ids = await allocate(conn, count)
-                cols: list[list[Any]] = [[] for _ in range(13)]
+                cols: list[list[Any]] = [[] for _ in range(15)]
                 it = iter(ids)
                 for i in fresh:
                     req = batch[i]
@@ -251,7 +255,7 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
                         for col, value in zip(cols, (
                                 mid, req.account_id, req.client_ref, m.dest, m.operator, m.body, m.encoding,
                                 m.parts, req.priority, req.msg_class, req.validity_s, req.callback_url,
-                                req.sender)):
+                                req.sender, req.dlr_url, req.dlr_mask)):
                             col.append(value)
                         stored.append(StoredMessage(id=mid, dest=m.dest, status="accepted", parts=m.parts))
                     results[i] = AcceptResult(messages=tuple(stored))
@@ -298,11 +302,21 @@ u AS (
     SET status = t.status, channel = coalesce(t.channel, m.channel),
         error_code = coalesce(t.error_code, m.error_code), updated_at = now()
     FROM t WHERE m.id = t.id AND m.status <> ALL($6::text[])
-    RETURNING m.id, m.status, m.callback_url
+    RETURNING m.id, m.status, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at
 ),
 w AS (
-    INSERT INTO webhook_outbox (message_id, url)
-    SELECT u.id, u.callback_url FROM u WHERE u.callback_url IS NOT NULL AND u.status = ANY($6::text[])
+    INSERT INTO webhook_outbox (message_id, url, kind, event_status, event_at)
+    SELECT u.id, u.callback_url, 'webhook', u.status, u.updated_at FROM u
+    WHERE u.callback_url IS NOT NULL AND u.status = ANY($6::text[])
+),
+k AS (
+    -- Kannel's dlr-mask bits: 1 delivered, 2 failed, 4 queued, 8 submitted, 16 rejected by the SMSC.
+    INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
+    SELECT u.id, u.dlr_url, 'kannel', d.bit, u.status, u.updated_at
+    FROM u CROSS JOIN LATERAL (SELECT CASE u.status WHEN 'delivered' THEN 1 WHEN 'queued' THEN 4
+                                                    WHEN 'submitted' THEN 8 WHEN 'rejected' THEN 16
+                                                    WHEN 'accepted' THEN 0 ELSE 2 END AS bit) d
+    WHERE u.dlr_url IS NOT NULL AND d.bit > 0 AND (u.dlr_mask & d.bit) <> 0
 )
 INSERT INTO message_events (message_id, status, detail)
 SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id

@@ -5,7 +5,10 @@ state also writes a row to ``webhook_outbox`` (see the store), so a callback is 
 :class:`WebhookSender` claims due rows by lease — any node may send any callback — and POSTs
 ``{"id", "to", "status", "channel", "at", "error_code"}`` signed with
 ``X-Smsgw-Signature: sha256=<hex HMAC-SHA256 of the body with the account's webhook secret>``.
-A non-2xx answer or a network error is retried with growing delays until :data:`BACKOFF` is
+Kannel-style ``dlr-url`` callbacks go the same way, as GETs with Kannel's escapes expanded
+(:func:`gateway.kannel.expand_dlr_url`), one per event the ``dlr-mask`` selects. Callbacks of
+one message go in order: only its oldest pending one may be sent. A non-2xx answer or a
+network error is retried with growing delays until :data:`BACKOFF` is
 spent; then the row is marked ``failed`` with the last error.
 
 httpx does the client side (connection pooling, TLS, redirects off, timeouts) on Trio.
@@ -23,6 +26,7 @@ import msgspec
 import trio
 
 from .errors import StoreError
+from .kannel import expand_dlr_url
 from .metrics import Metrics
 from .store import Store
 
@@ -66,15 +70,18 @@ def verify(secret: str, body: bytes, header: str) -> bool:
 
 _CLAIM = """
 WITH c AS (
-    SELECT id FROM webhook_outbox
-    WHERE state = 'pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
-    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+    SELECT w.id FROM webhook_outbox w
+    WHERE w.state = 'pending' AND w.next_attempt_at <= now() AND (w.lease_until IS NULL OR w.lease_until < now())
+      -- in order per message: only a message's oldest pending callback may go
+      AND NOT EXISTS (SELECT 1 FROM webhook_outbox p
+                      WHERE p.message_id = w.message_id AND p.state = 'pending' AND p.id < w.id)
+    ORDER BY w.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 UPDATE webhook_outbox w SET lease_until = now() + make_interval(secs => $2), attempts = w.attempts + 1
 FROM c, messages m, accounts a
 WHERE w.id = c.id AND m.id = w.message_id AND a.id = m.account_id
-RETURNING w.id, w.url, w.attempts, m.id AS message_id, m.dest, m.status, m.channel, m.updated_at,
-          m.error_code, a.webhook_secret
+RETURNING w.id, w.url, w.attempts, w.kind, w.dlr_type, w.event_status, w.event_at, m.id AS message_id, m.dest,
+          m.channel, m.error_code, m.sender, a.webhook_secret
 """
 
 
@@ -115,14 +122,9 @@ class WebhookSender:
 
     async def _deliver(self, client: httpx.AsyncClient, row, limiter: trio.Semaphore) -> None:
         try:
-            body = _encoder.encode(DeliveryCallback(
-                id=str(row["message_id"]), to=row["dest"], status=row["status"], channel=row["channel"],
-                at=row["updated_at"], error_code=row["error_code"]))
-            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
-                       "User-Agent": "smsgw-webhook"}
             error = ""
             try:
-                response = await client.post(row["url"], content=body, headers=headers)
+                response = await self._request(client, row)
                 if 200 <= response.status_code < 300:
                     await self._finish(row["id"], "delivered", "")
                     self._metrics.webhooks.labels("delivered").inc()
@@ -130,6 +132,9 @@ class WebhookSender:
                 error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
+            except ValueError as exc:  # a URL httpx cannot use; retrying will not help
+                error = f"bad URL: {exc}"[:500]
+                row = {**row, "attempts": len(self._backoff)}
             attempts = row["attempts"]
             if attempts >= len(self._backoff):
                 log.warning("webhook given up message_id=%s attempts=%d error=%s", row["message_id"], attempts, error)
@@ -145,6 +150,20 @@ class WebhookSender:
             log.warning("recording a webhook attempt failed id=%s: %s", row["id"], exc)
         finally:
             limiter.release()
+
+    async def _request(self, client: httpx.AsyncClient, row) -> httpx.Response:
+        if row["kind"] == "kannel":
+            url = expand_dlr_url(
+                row["url"], dlr_type=row["dlr_type"], to=row["dest"], sender=row["sender"], at=row["event_at"],
+                reply=row["error_code"] or row["event_status"].upper(), channel=row["channel"] or "",
+                message_id=row["message_id"])
+            return await client.get(url, headers={"User-Agent": "smsgw-dlr"})
+        body = _encoder.encode(DeliveryCallback(
+            id=str(row["message_id"]), to=row["dest"], status=row["event_status"], channel=row["channel"],
+            at=row["event_at"], error_code=row["error_code"]))
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
+                   "User-Agent": "smsgw-webhook"}
+        return await client.post(row["url"], content=body, headers=headers)
 
     async def _finish(self, outbox_id: int, state: str, error: str) -> None:
         await self._store.execute(
