@@ -4,7 +4,8 @@ Starts ``smsgw sim ismg`` in a separate process on 127.0.0.1, then drives ``--li
 connections (window ``--window``) in this process with ``--count`` SUBMITs as fast as the
 windows allow (or at ``--rate`` per second in all), and measures the time from handing each
 SUBMIT to the link until its SUBMIT_RESP (at saturation this includes the wait in the link's
-input queue; use ``--rate`` for latency below saturation), and the status reports received.
+input queue; ``--rate`` paces the SUBMITs open-loop, for latency below saturation), and the
+status reports received.
 Then, unless ``--no-reconnect``, it kills the simulator process (every connection drops),
 starts it again, and measures the time until the link is up and a SUBMIT is acknowledged.
 
@@ -56,7 +57,7 @@ def _percentile(values: list[float], p: float) -> float:
 async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> dict:
     send, receive = trio.open_memory_channel(100_000)
     links = [CmppLink(CmppLinkConfig(sp_id=SP_ID, secret=SECRET, port=port, name=f"bench#{i}",
-                                     window=args.window, rate=args.rate / args.links if args.rate else 1e9),
+                                     window=args.window, rate=1e9),
                       send.clone()) for i in range(args.links)]
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
@@ -92,7 +93,12 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
         started = time.perf_counter()
 
         async def feed(link: CmppLink, refs: range) -> None:
-            for ref in refs:
+            # Open loop at --rate: each SUBMIT leaves at its scheduled time, whatever came before.
+            interval = len(links) / args.rate if args.rate else 0.0
+            t0 = trio.current_time()
+            for k, ref in enumerate(refs):
+                if interval:
+                    await trio.sleep_until(t0 + k * interval)
                 sent_at[ref] = time.perf_counter()
                 await link.submit(SubmitRequest(ref=ref, dest=f"138{ref % 100000000:08d}", src_id="10658888",
                                                 content=content, msg_fmt=MsgFmt.UCS2))
