@@ -7,17 +7,24 @@ for scripts. Channels and simulators join the demo as they are wired into the ga
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 import msgspec
 import trio
 
 from .app import Running, serve_gateway
+from .api import error_response
 from .cmpp import IsmgSimulator
-from .cmpp.pdus import VERSION_3_0
+from .cmpp.errors import ProtocolError as CmppProtocolError
+from .cmpp.longsms import parse_concat_udh
+from .cmpp.pdus import VERSION_3_0, decode_text
+from .http import Request, Response, Router
+from .text import InvalidNumber, normalize_msisdn
 from .config import CmppConfig, Config, HttpConfig, default_config, split_listen
 from .store import Store
 
@@ -69,6 +76,89 @@ async def demo_credentials(store: Store, data_dir: str) -> tuple[str, str]:
     return key, account.webhook_secret
 
 
+# --- the simulated handsets (demo only: SPEC "POST /v1/sim/mo", "GET /v1/sim/inbox/{phone}") ------
+
+
+class SimMoBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    sender: str = msgspec.field(name="from")
+    to: str
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    via: Literal["cmpp", "modem"] | None = None
+
+
+class InboxEntry(msgspec.Struct, frozen=True):
+    sender: str = msgspec.field(name="from")
+    text: str = ""
+    via: str = "cmpp"
+    parts: int = 1
+
+
+class Inbox(msgspec.Struct, frozen=True):
+    phone: str
+    messages: list[InboxEntry]
+
+
+_inbox_encoder = msgspec.json.Encoder()
+_mo_decoder = msgspec.json.Decoder(SimMoBody)
+MO_TIMEOUT = 10.0
+
+
+def cmpp_inbox(sim: IsmgSimulator, phone: str) -> list[InboxEntry]:
+    """What a China Mobile handset has received: the SUBMITs the ISMG took for it, long ones
+    reassembled from their concatenation UDH, oldest first."""
+    whole: list[InboxEntry] = []
+    groups: dict[tuple[str, int, int], dict[int, str]] = {}
+    for submit in list(sim.recent_submits):
+        if phone not in [d[-11:] for d in submit.dest_terminal_ids]:
+            continue
+        if submit.tp_udhi:
+            try:
+                info = parse_concat_udh(submit.msg_content)
+            except CmppProtocolError:
+                continue
+            if info is not None:
+                group = groups.setdefault((submit.src_id, info.ref, info.total), {})
+                group[info.seq] = decode_text(info.payload, submit.msg_fmt)
+                if len(group) == info.total:
+                    whole.append(InboxEntry(submit.src_id, "".join(group[i] for i in sorted(group)),
+                                            "cmpp", info.total))
+                    del groups[(submit.src_id, info.ref, info.total)]
+                continue
+        whole.append(InboxEntry(submit.src_id, decode_text(submit.msg_content, submit.msg_fmt), "cmpp", 1))
+    return whole
+
+
+def sim_routes(router: Router, sim: IsmgSimulator) -> None:
+    """The demo's handset endpoints; they act as consumers' phones, so they take no API key."""
+
+    async def mo(request: Request) -> Response:
+        try:
+            body = _mo_decoder.decode(request.body)
+            sender = normalize_msisdn(body.sender)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return error_response(400, "invalid_field", str(exc))
+        except InvalidNumber as exc:
+            return error_response(400, "invalid_number", f"{body.sender!r}: {exc.reason}")
+        via = body.via or "cmpp"
+        if via != "cmpp":
+            return error_response(400, "invalid_field", "this demo has no emulated modems; use \"via\": \"cmpp\"")
+        with trio.move_on_after(MO_TIMEOUT):
+            parts = await sim.inject_mo(sender, body.to, body.text)
+            out = {"from": sender, "to": body.to, "via": via, "parts": parts}
+            return Response(status=202, body=_inbox_encoder.encode(out))
+        return error_response(503, "link_down", "the gateway did not take the message in time")
+
+    async def inbox(request: Request, phone: str) -> Response:
+        try:
+            msisdn = normalize_msisdn(phone)
+        except InvalidNumber as exc:
+            return error_response(400, "invalid_number", f"{phone!r}: {exc.reason}")
+        return Response(status=200, body=_inbox_encoder.encode(Inbox(msisdn, cmpp_inbox(sim, msisdn))))
+
+    router.add("POST", "/v1/sim/mo", mo)
+    router.add("GET", "/v1/sim/inbox/{phone}", inbox)
+
+
 def write_ready_file(path: str, info: dict[str, object]) -> None:
     """Write the ready file atomically, so a reader never sees half of it."""
     tmp = f"{path}.tmp"
@@ -97,6 +187,11 @@ Try it:
 
   curl -s {url}/v1/messages/<id> -H 'Authorization: Bearer {key}'
 
+Play the consumer: text the service number from a handset, read what a handset received:
+
+  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_SERVICE_NUMBER}", "text": "1"}}'
+  curl -s {url}/v1/sim/inbox/13800138000
+
 Stop with Ctrl-C.
 """
 
@@ -109,7 +204,8 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
         ismg_host, ismg_port = split_listen(options.ismg)
         ismg_port = await nursery.start(sim.serve, ismg_host, ismg_port)
         config = demo_config(options, ismg_port)
-        running: Running = await nursery.start(serve_gateway, config)
+        running: Running = await nursery.start(functools.partial(
+            serve_gateway, config, extra_routes=lambda router, _running: sim_routes(router, sim)))
         key, secret = await demo_credentials(running.store, options.data_dir)
         info: dict[str, object] = {
             "http": running.http_url,
