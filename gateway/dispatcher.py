@@ -73,6 +73,7 @@ class Dispatcher:
         self.node = config.node_id or default_node_id()
         self._wake = trio.Event()
         self._grace: dict[tuple[str, str], tuple[DeliveryReport, float]] = {}
+        self._retry_backoff = RETRY_BACKOFF
         self.mo_listeners: list[trio.MemorySendChannel[tuple[int, MoReceived]]] = []
 
     def wake(self) -> None:
@@ -209,7 +210,7 @@ class Dispatcher:
             # Back to the queue with a history row; the next claim may pick another channel.
             await self._store.set_status([(e.message_id, Status.QUEUED, e.channel, e.error_code or None,
                                            f"retry: {e.reason}") for e in transient])
-            await self._store.release([e.message_id for e in transient], delay=RETRY_BACKOFF[0])
+            await self._store.release([e.message_id for e in transient], backoff=self._retry_backoff)
             self.wake()
 
     async def _record_reports(self, reports: list[DeliveryReport]) -> None:

@@ -85,3 +85,19 @@ async def test_final_states_are_final(store):
     assert await store.set_status([(mid, Status.QUEUED, "x", None, "")]) == set()
     assert await store.fetchval("SELECT status FROM messages WHERE id = $1", mid) == "expired"
     assert await store.fetchval("SELECT count(*) FROM outbound_queue") == 0
+
+
+async def test_release_with_backoff_by_attempts(store):
+    account = await store.ensure_account("shop")
+    await store.accept([AcceptRequest(account_id=account.id, messages=msgs(1))])
+    (m,) = await store.claim("a", 10, 60.0)
+    await store.release([m.id], backoff=(0.0, 0.5))  # first attempt: due at once
+    (m,) = await store.claim("a", 10, 60.0)
+    assert m.attempts == 2
+    await store.release([m.id], backoff=(0.0, 0.5))  # second attempt: half a second
+    assert await store.claim("a", 10, 60.0) == []
+    await trio.sleep(0.6)
+    (m,) = await store.claim("a", 10, 60.0)
+    await store.release([m.id], backoff=(0.0, 0.5))  # past the end: the last delay again
+    due = await store.fetchval("SELECT not_before - now() FROM outbound_queue")
+    assert 0.3 < due.total_seconds() <= 0.5
