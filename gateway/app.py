@@ -92,6 +92,7 @@ async def serve_gateway(
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
         api = Api(config=config, store=store, intake=intake, metrics=metrics,
                   channels=lambda: dispatcher.channels)
+        metrics.watch_links(lambda: dispatcher.channels)
         router = api.router()
         host, port = split_listen(config.http.listen)
         async with trio.open_nursery() as nursery:

@@ -135,6 +135,20 @@ class CmppChannel:
                 free += max(0, INPUT_QUEUE_SIZE - stats.input_queue - stats.retry_queue)
         return free // 2  # leave room for the parts of long messages
 
+    def statistics(self) -> dict[str, dict[str, float]]:
+        """Per link: up (0/1), window slots in use, its size, queued SUBMITs, counters."""
+        out = {}
+        for link in self.links:
+            st = link.statistics()
+            out[link.config.name] = {
+                "up": float(st.up), "window_used": float(st.window_used), "window": float(link.config.window),
+                "queued": float(st.input_queue + st.retry_queue), "submitted": float(st.submitted),
+                "acked": float(st.acked), "flow_controlled": float(st.flow_controlled),
+                "resubmitted": float(st.resubmitted), "reports": float(st.reports), "mo": float(st.mo),
+                "connects": float(st.connects),
+            }
+        return out
+
     def _pick(self) -> CmppLink:
         best = None
         for link in self.links:

@@ -8,7 +8,10 @@ never a phone number or a message id. Drivers update these; protocol cores expos
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -51,5 +54,53 @@ class Metrics:
             ["result"], registry=r)
         self.mo_received = Counter("smsgw_mo_received_total", "Inbound messages received", ["channel"], registry=r)
 
+    def watch_links(self, channels: Callable[[], Iterable[object]]) -> None:
+        """Export the links of channels that have ``statistics()`` (read at scrape time)."""
+        self.registry.register(_LinkCollector(channels))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_LINK_GAUGES = {
+    "up": ("smsgw_link_up", "1 when the link is connected and logged in"),
+    "window_used": ("smsgw_link_window_used", "Requests sent and not yet answered on the link"),
+    "window": ("smsgw_link_window_size", "The link's window: requests it may have unanswered"),
+    "queued": ("smsgw_link_queued", "Submits waiting for the link's window or rate"),
+}
+_LINK_COUNTERS = {
+    "submitted": ("smsgw_link_submits", "SUBMITs written to the link"),
+    "acked": ("smsgw_link_submits_acked", "SUBMITs acknowledged with Result 0"),
+    "flow_controlled": ("smsgw_link_flow_controlled", "SUBMITs answered with flow control (Result 8)"),
+    "resubmitted": ("smsgw_link_resubmitted", "SUBMITs sent again after a timeout or a reconnect"),
+    "reports": ("smsgw_link_status_reports", "Status reports received"),
+    "mo": ("smsgw_link_mo", "Mobile-originated messages received"),
+    "connects": ("smsgw_link_connects", "TCP connections opened"),
+}
+
+
+class _LinkCollector:
+    """Reads link statistics from the channels when Prometheus scrapes."""
+
+    def __init__(self, channels: Callable[[], Iterable[object]]) -> None:
+        self._channels = channels
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        gauges = {k: GaugeMetricFamily(n, h, labels=["channel", "link"]) for k, (n, h) in _LINK_GAUGES.items()}
+        counters = {k: CounterMetricFamily(n, h, labels=["channel", "link"]) for k, (n, h) in _LINK_COUNTERS.items()}
+        for channel in self._channels():
+            stats = getattr(channel, "statistics", None)
+            if stats is None:
+                continue
+            for link, values in stats().items():
+                for key, family in gauges.items():
+                    if key in values:
+                        family.add_metric([channel.name, link], values[key])
+                for key, family in counters.items():
+                    if key in values:
+                        family.add_metric([channel.name, link], values[key])
+        yield from gauges.values()
+        yield from counters.values()

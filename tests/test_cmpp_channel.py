@@ -44,6 +44,12 @@ async def test_message_to_china_mobile_ends_delivered(nursery, database_url):
     assert health.status_code == 200 and health.json()["channels"] == {"cmcc-1": "up"}
     refs = await gw.store.fetchval("SELECT count(*) FROM message_refs WHERE message_id = $1", int(long_zh["id"]))
     assert refs == long_zh["parts"]
+    async with gw.client() as c:
+        metrics = (await c.get("/metrics")).text
+    assert 'smsgw_link_up{channel="cmcc-1",link="cmcc-1"} 1.0' in metrics
+    assert 'smsgw_link_window_size{channel="cmcc-1",link="cmcc-1"} 16.0' in metrics
+    assert 'smsgw_link_window_used{channel="cmcc-1",link="cmcc-1"}' in metrics
+    assert f'smsgw_link_submits_acked_total{{channel="cmcc-1",link="cmcc-1"}} {1 + long_zh["parts"]}.0' in metrics
 
 
 async def test_undeliverable_report_is_final_with_the_operator_code(nursery, database_url):
