@@ -42,6 +42,8 @@ class Intake:
         self._metrics = metrics
         self._send, self._receive = trio.open_memory_channel[_Pending](config.queue_size)
         self._running = False
+        self._committing = 0
+        """Batches being written now."""
 
     async def accept(self, request: AcceptRequest, *, timeout: float = 10.0) -> AcceptResult:
         """Store ``request`` durably; returns once its transaction has committed.
@@ -77,6 +79,9 @@ class Intake:
                 self._running = False
 
     async def _gather(self) -> list[_Pending]:
+        """The next batch: what is waiting now, and — only while another batch is being
+        committed, so that waiting can pay off — what arrives within ``max_delay``. Like
+        PostgreSQL's ``commit_delay`` with ``commit_siblings``: an idle gateway never lingers."""
         first = await self._receive.receive()
         batch = [first]
         rows = len(first.request.messages)
@@ -85,6 +90,8 @@ class Intake:
             try:
                 item = self._receive.receive_nowait()
             except trio.WouldBlock:
+                if self._committing == 0:
+                    break
                 item = None
                 with trio.move_on_at(deadline):
                     item = await self._receive.receive()
@@ -98,6 +105,7 @@ class Intake:
         while True:
             batch = await self._gather()
             started = trio.current_time()
+            self._committing += 1
             try:
                 with trio.CancelScope(shield=True):
                     # Once a batch is being written, finish it: its callers are waiting.
@@ -108,6 +116,8 @@ class Intake:
                     p.error = exc
                     p.done.set()
                 continue
+            finally:
+                self._committing -= 1
             self._metrics.intake_commit.observe(trio.current_time() - started)
             self._metrics.intake_batch_rows.observe(len(batch))
             fresh = 0
