@@ -162,7 +162,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # Errors from inside trio.run come wrapped by the nurseries they crossed.
+        expected, unexpected = group.split((GatewayError, KeyboardInterrupt))
+        if unexpected is not None or expected is None:
+            raise
+        errors = list(_leaves(expected))
+        for exc in errors:
+            if isinstance(exc, GatewayError):
+                print(f"smsgw: {exc}", file=sys.stderr)
+        return 2 if any(isinstance(e, GatewayError) for e in errors) else 130
     return 0
+
+
+def _leaves(group: BaseExceptionGroup):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 if __name__ == "__main__":

@@ -237,3 +237,21 @@ def test_run_with_a_cmpp_table_against_the_simulator_process(tmp_path, data_dir)
         assert stop(gw) == 0
         assert stop(sim) == 0
     assert b"listening on 127.0.0.1:" in sim.stdout.read()
+
+
+@pytest.mark.parametrize("case", ["modems", "database"])
+def test_start_up_failures_are_one_clear_line(tmp_path, case):
+    config = tmp_path / "c.toml"
+    env = dict(os.environ)
+    if case == "modems":
+        config.write_text(f'data_dir = "{tmp_path}"\n[[modems]]\nname = "m1"\ndevice = "/dev/ttyUSB0"\n'
+                          'operators = ["cucc"]\n')
+        expected = "modems"
+    else:
+        config.write_text(f'data_dir = "{tmp_path}"\n[database]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n'
+                          'connect_timeout = 2\n')
+        expected = "database unreachable"
+    out = subprocess.run(SMSGW + ["run", "--config", str(config)], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 2, out.stderr
+    assert expected in out.stderr and "Traceback" not in out.stderr
