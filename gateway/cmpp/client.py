@@ -80,6 +80,8 @@ logger = logging.getLogger(__name__)
 
 #: Submit requests accepted by a link ahead of the window.
 INPUT_QUEUE_SIZE = 256
+#: SUBMITs framed into one write at most.
+MAX_SUBMITS_PER_WRITE = 64
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 65536
 #: Seconds a graceful TERMINATE may take when the link is stopped.
@@ -257,6 +259,7 @@ class CmppLink:
         self._reassembler = Reassembler(timeout=config.reassembly_timeout)
         self._conn: CmppConnection | None = None
         self._write_lock = trio.StrictFIFOLock()
+        self._replies: bytearray | None = None
         self._event_lock = trio.StrictFIFOLock()
         self._window_freed = trio.Event()
         self._input_wait: trio.CancelScope | None = None
@@ -482,10 +485,22 @@ class CmppLink:
                 # The reader saw the link end; it is about to cancel this task.
                 self._retry.appendleft(request)
                 await trio.sleep_forever()
-            bucket.try_take(trio.current_time())
-            frame = conn.send(self._to_submit(request), now=trio.current_time(), context=request)
-            self.submitted += 1
-            await self._write(stream, frame)
+            now = trio.current_time()
+            bucket.try_take(now)
+            frames = [conn.send(self._to_submit(request), now=now, context=request)]
+            # Whatever else the window, the rate and the input allow right now goes in the same
+            # write: one syscall for a window's worth of SUBMITs. Each is tracked by the
+            # connection as it is framed, so a failed write loses none (they are re-submitted).
+            while len(frames) < MAX_SUBMITS_PER_WRITE and conn.window_available() and now >= self._paused_until:
+                if not self._retry and self._input_send.statistics().current_buffer_used == 0:
+                    break
+                if bucket.delay(now) > 0:
+                    break
+                more = self._retry.popleft() if self._retry else self._input_recv.receive_nowait()
+                bucket.try_take(now)
+                frames.append(conn.send(self._to_submit(more), now=now, context=more))
+            self.submitted += len(frames)
+            await self._write(stream, b"".join(frames))
 
     def _to_submit(self, r: SubmitRequest) -> Submit:
         return Submit(
@@ -509,9 +524,23 @@ class CmppLink:
         )
 
     async def _drain(self, stream: trio.SocketStream, conn: CmppConnection) -> None:
+        """Handle every event the last read produced; the responses they call for (DELIVER_RESP,
+        ACTIVE_TEST_RESP) go out together in one write, after the events were passed on."""
         async with self._event_lock:
-            while (ev := conn.next_event()) is not None:
-                await self._on_event(ev, stream, conn)
+            self._replies = bytearray()
+            try:
+                while (ev := conn.next_event()) is not None:
+                    await self._on_event(ev, stream, conn)
+            finally:
+                replies, self._replies = self._replies, None
+                if replies and not conn.closed:
+                    await self._write(stream, bytes(replies))
+
+    async def _reply(self, stream: trio.SocketStream, data: bytes) -> None:
+        if self._replies is not None:
+            self._replies += data
+        else:
+            await self._write(stream, data)
 
     def _wake_pump(self) -> None:
         self._window_freed.set()
@@ -532,11 +561,11 @@ class CmppLink:
                 else:
                     await self._on_mo(deliver, now)
                 if not conn.closed:
-                    await self._write(stream, conn.respond(
+                    await self._reply(stream, conn.respond(
                         ev.sequence_id, DeliverResp(msg_id=deliver.msg_id), now=now))
             case RequestReceived(pdu=ActiveTest()):
                 if not conn.closed:
-                    await self._write(stream, conn.respond(ev.sequence_id, ActiveTestResp(),
+                    await self._reply(stream, conn.respond(ev.sequence_id, ActiveTestResp(),
                                                            now=now))
             case RequestReceived(pdu=Submit()):
                 logger.warning("cmpp unexpected SUBMIT from ISMG link=%s seq=%d", name,
@@ -550,8 +579,11 @@ class CmppLink:
                                type(ev.pdu).__name__, ev.sequence_id)
             case TerminateRequested():
                 if not conn.closed:
-                    await self._write(stream, conn.respond(ev.sequence_id, TerminateResp(),
-                                                           now=now))
+                    # After the replies already owed, so that they are not lost behind it.
+                    await self._reply(stream, conn.respond(ev.sequence_id, TerminateResp(), now=now))
+                    if self._replies:
+                        replies, self._replies = bytes(self._replies), bytearray()
+                        await self._write(stream, replies)
                 raise _LinkEnded("terminated by the ISMG")
             case ProtocolFailure():
                 logger.warning("cmpp protocol failure link=%s reason=%s", name, ev.reason)
