@@ -76,6 +76,10 @@ MAX_PENDING_DELIVERIES = 100_000
 RECENT_SUBMITS = 1000
 #: Bytes asked of the socket per read.
 RECEIVE_SIZE = 65536
+#: Status reports and MOs framed into one write at most.
+MAX_DELIVERS_PER_WRITE = 64
+#: Seconds a read's replies may take to go out before the connection gives up on them.
+FLUSH_TIMEOUT = 5.0
 #: Seconds between calls to CmppConnection.tick().
 TICK_INTERVAL = 1.0
 #: Seconds a TERMINATE or a final write may take when an SP connection closes.
@@ -364,6 +368,7 @@ class _SpConnection:
         )
         self._write_lock = trio.StrictFIFOLock()
         self._event_lock = trio.StrictFIFOLock()
+        self._pending: bytearray | None = None
         self._window_freed = trio.Event()
         self.peer = "?"
         try:
@@ -380,8 +385,15 @@ class _SpConnection:
                 nursery.cancel_scope.cancel()
 
     async def _write(self, data: bytes) -> None:
+        """Send now, or — while a read's events are being handled — add to that read's one write."""
         if not data:
             return
+        if self._pending is not None:
+            self._pending += data
+            return
+        await self._send(data)
+
+    async def _send(self, data: bytes) -> None:
         async with self._write_lock:
             if self.sim._take_garble():
                 data = (5).to_bytes(4, "big") + data[4:]
@@ -407,8 +419,20 @@ class _SpConnection:
 
     async def _drain(self, nursery: trio.Nursery | None) -> None:
         async with self._event_lock:
-            while (ev := self.conn.next_event()) is not None:
-                await self._on_event(ev, nursery)
+            self._pending = bytearray()
+            try:
+                while (ev := self.conn.next_event()) is not None:
+                    await self._on_event(ev, nursery)
+            finally:
+                data, self._pending = bytes(self._pending), None
+                if data:
+                    # Shielded: a TERMINATE_RESP or a refusal must go out before the close.
+                    with trio.move_on_after(FLUSH_TIMEOUT) as scope:
+                        scope.shield = True
+                        try:
+                            await self._send(data)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                            logger.debug("ismg reply not sent peer=%s error=%r", self.peer, exc)
 
     async def _on_event(self, ev: object, nursery: trio.Nursery | None) -> None:
         sim = self.sim
@@ -510,12 +534,22 @@ class _SpConnection:
                 ))
 
     async def _deliverer(self) -> None:
-        """Send queued status reports and MOs over this connection, within the window."""
+        """Send queued status reports and MOs over this connection, within the window; those
+        already due go out together in one write."""
         sim = self.sim
         assert sim._recv_out is not None
         recv = sim._recv_out.clone()
+        held: _Outbound | None = None  # taken from the queue but not yet due
         async with recv:
-            async for item in recv:
+            while True:
+                if held is not None:
+                    item, held = held, None
+                else:
+                    try:
+                        item = await recv.receive()
+                    except trio.EndOfChannel:
+                        return
+                batch = [item]
                 try:
                     await trio.sleep_until(item.due)
                     while not self.conn.window_available():
@@ -523,16 +557,30 @@ class _SpConnection:
                     if not self.conn.established:
                         sim._requeue(item)
                         return
-                    await self._write(self.conn.send(item.pdu(self.conn.version),
-                                                     now=trio.current_time(), context=item))
+                    now = trio.current_time()
+                    frames = [self.conn.send(item.pdu(self.conn.version), now=now, context=item)]
+                    while len(frames) < MAX_DELIVERS_PER_WRITE and self.conn.window_available():
+                        try:
+                            nxt = recv.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        if nxt.due > now:
+                            held = nxt
+                            break
+                        batch.append(nxt)
+                        frames.append(self.conn.send(nxt.pdu(self.conn.version), now=now, context=nxt))
+                    await self._write(b"".join(frames))
                 except BaseException:
-                    if not any(ctx is item for _, ctx in self.conn.unacknowledged()):
-                        sim._requeue(item)
+                    tracked = [ctx for _, ctx in self.conn.unacknowledged()]
+                    for lost in batch + ([held] if held is not None else []):
+                        if not any(ctx is lost for ctx in tracked):
+                            sim._requeue(lost)
                     raise
-                if item.report is not None:
-                    sim.reports_sent += 1
-                else:
-                    sim.mo_sent += 1
+                for sent in batch:
+                    if sent.report is not None:
+                        sim.reports_sent += 1
+                    else:
+                        sim.mo_sent += 1
 
 
 def HappyIsmg(**kw: object) -> IsmgSimulator:
