@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -70,6 +71,11 @@ class DispatcherConfig(_Section):
     """Pause between claims when the queue is empty."""
     node_id: str = ""
     """Names this process in leases; empty means hostname:pid."""
+    quiet_hours: Annotated[str, Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9])?$")] = (
+        "21:00-08:00")
+    """Local time span in which marketing messages wait (transactional ones go); empty: none."""
+    timezone: str = "Asia/Shanghai"
+    """The zone quiet hours are read in."""
 
 
 OperatorName = Literal["cmcc", "cucc", "ctcc", "cbn"]
@@ -137,6 +143,10 @@ def split_listen(value: str) -> tuple[str, int]:
 
 
 def _check(config: Config, source: str) -> Config:
+    try:
+        zoneinfo.ZoneInfo(config.dispatcher.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{source}: dispatcher.timezone: unknown time zone {config.dispatcher.timezone!r}") from None
     names = [c.name for c in config.cmpp] + [m.name for m in config.modems]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -8,7 +8,8 @@ changes — and writes them to the store in batches. A delivery report that arri
 submit is stored (another node's link, or a fast operator) is held in a bounded grace buffer
 and retried, never dropped.
 
-Channel choice here is the simple rule of the first release: among channels that are up and
+During quiet hours (``dispatcher.quiet_hours``) marketing messages are not claimed: they
+wait in the queue, transactional ones go. Channel choice here is the simple rule of the first release: among channels that are up and
 serve the destination's operator, the one with the most room. Ordered routing rules, rate
 limits and retries across channels live in ``gateway/router/``.
 """
@@ -37,6 +38,7 @@ from .channel import (
 from .config import DispatcherConfig
 from .errors import StoreError
 from .metrics import Metrics
+from .router import QuietHours
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Dispatcher:
         self._wake = trio.Event()
         self._grace: dict[tuple[str, str], tuple[DeliveryReport, float]] = {}
         self._retry_backoff = RETRY_BACKOFF
+        self._quiet = QuietHours.parse(config.quiet_hours, config.timezone)
         self.mo_listeners: list[trio.MemorySendChannel[tuple[int, MoReceived]]] = []
 
     def wake(self) -> None:
@@ -109,9 +112,10 @@ class Dispatcher:
             total = sum(room.values())
             claimed: list[OutboundMessage] = []
             if total > 0:
+                marketing = not self._quiet.active(datetime.now(timezone.utc))
                 try:
                     claimed = await self._store.claim(self.node, min(total, self._config.batch_size),
-                                                      self._config.lease)
+                                                      self._config.lease, marketing=marketing)
                 except StoreError as exc:
                     log.warning("claim failed node=%s error=%s", self.node, exc)
                     await trio.sleep(STORE_RETRY)

@@ -291,6 +291,24 @@ RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m
           m.class, m.sender, m.expires_at, q.attempts
 """
 
+_CLAIM_TRANSACTIONAL = """
+WITH c AS (
+    SELECT q.message_id FROM outbound_queue q JOIN messages mm ON mm.id = q.message_id
+    WHERE mm.class <> 'marketing'
+      AND q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
+    ORDER BY q.priority DESC, q.message_id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE outbound_queue q
+SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
+FROM c, messages m
+WHERE q.message_id = c.message_id AND m.id = q.message_id
+RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
+          m.class, m.sender, m.expires_at, q.attempts
+"""
+"""The claim during quiet hours: marketing messages stay in the queue."""
+
 
 _SET_STATUS = """
 WITH t AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
@@ -551,13 +569,14 @@ class Store:
 
     # -- the outbound queue ------------------------------------------------------------------
 
-    async def claim(self, node: str, limit: int, lease: float) -> list[OutboundMessage]:
+    async def claim(self, node: str, limit: int, lease: float, *, marketing: bool = True) -> list[OutboundMessage]:
         """Claim up to ``limit`` due messages for ``node`` for ``lease`` seconds.
 
         Rows locked by another node's claim are skipped (``FOR UPDATE SKIP LOCKED``); a lease
         that runs out makes the message claimable again, so a node that dies loses nothing.
+        With ``marketing=False`` (quiet hours) marketing messages are left in the queue.
         """
-        rows = await self.fetch(_CLAIM, limit, node, lease)
+        rows = await self.fetch(_CLAIM if marketing else _CLAIM_TRANSACTIONAL, limit, node, lease)
         from .text import plan  # late: text is pure and imported by the API anyway
 
         out = []

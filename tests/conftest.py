@@ -104,7 +104,11 @@ async def start_gateway(nursery, database_url, *, channels=(), **overrides):
     from gateway.app import serve_gateway
     from gateway.config import DatabaseConfig, HttpConfig, default_config
 
+    from gateway.config import DispatcherConfig
+
     http = overrides.pop("http", HttpConfig(listen="127.0.0.1:0"))
+    # No quiet hours unless a test asks: the suite must not depend on the time of day.
+    overrides.setdefault("dispatcher", DispatcherConfig(quiet_hours=""))
     config = default_config(database=DatabaseConfig(url=database_url), http=http, **overrides)
     running = await nursery.start(functools.partial(serve_gateway, config, channels=channels))
     account = await running.store.ensure_account("acme")
