@@ -9,11 +9,14 @@ reaches the store and never answers 500.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import urllib.parse
+import zoneinfo
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import time as dtime
 from typing import Annotated, Literal
 
 import msgspec
@@ -26,7 +29,8 @@ from .errors import StoreError, StoreUnavailable
 from .http import Request, Response, Router
 from .intake import Intake
 from .metrics import Metrics
-from .store import Account, AcceptRequest, NewMessage, Store
+from .router import AccountLimiter, DailyQuota, TokenBucket
+from .store import Account, AcceptRequest, AcceptResult, NewMessage, Store
 from .text import EmptyText, InvalidNumber, TooLong, normalize_msisdn, operator_of, plan
 
 log = logging.getLogger(__name__)
@@ -178,6 +182,10 @@ def build_accept(req: SendBody, account_id: int, *, max_parts: int) -> AcceptReq
     )
 
 
+def _nothing() -> None:
+    pass
+
+
 class Api:
     """The API's handlers; :meth:`router` wires them to paths."""
 
@@ -189,6 +197,9 @@ class Api:
         self._metrics = metrics
         self._channels = channels
         self._keys: dict[str, tuple[Account, float]] = {}
+        self._limit_config = {a.name: a for a in config.accounts}
+        self._limiters: dict[int, AccountLimiter | None] = {}
+        self._zone = zoneinfo.ZoneInfo(config.dispatcher.timezone)
 
     def router(self) -> Router:
         r = Router()
@@ -263,16 +274,84 @@ class Api:
                 raise kannel.KannelError(403, "Authorization failed for sendsms")
             accept = kannel.sendsms_request(params, account.id, max_recipients=self._config.http.max_recipients,
                                             max_parts=self._config.http.max_parts, build=build_accept)
+            await self._accept(account, accept)
         except kannel.KannelError as exc:
             return exc.response()
-        await self._intake.accept(accept, timeout=self._config.http.accept_timeout)
+        except ApiError as exc:  # over the account's limits: Kannel's words, the same status
+            return Response(status=exc.status, body=exc.body.error.message.encode(), headers=exc.headers,
+                            content_type="text/plain; charset=utf-8")
         return kannel.accepted()
+
+    def _limiter(self, account: Account) -> AccountLimiter | None:
+        if account.id not in self._limiters:
+            conf = self._limit_config.get(account.name)
+            limiter = None
+            if conf is not None and (conf.rate is not None or conf.daily_quota is not None):
+                limiter = AccountLimiter(
+                    bucket=TokenBucket(conf.rate, conf.burst or max(1.0, conf.rate), stamp=time.monotonic())
+                    if conf.rate is not None else None,
+                    quota=DailyQuota(conf.daily_quota) if conf.daily_quota is not None else None,
+                )
+            self._limiters[account.id] = limiter
+        return self._limiters[account.id]
+
+    async def _admit(self, account: Account, n: int) -> Callable[[], None]:
+        """Check the account's quota and rate for ``n`` recipients; returns a function that
+        gives the reservation back (for a duplicate or a failed commit). Raises a 429."""
+        limiter = self._limiter(account)
+        if limiter is None:
+            return lambda: None
+        if limiter.quota is not None:
+            local_now = datetime.now(self._zone)
+            today = local_now.date()
+            if limiter.quota.needs_seed(today):
+                day_start = datetime.combine(today, dtime(0), self._zone)
+                limiter.quota.seed(today, await self._store.accepted_since(account.id, day_start))
+            if not limiter.quota.reserve(n):
+                midnight = datetime.combine(today + timedelta(days=1), dtime(0), self._zone)
+                raise ApiError(429, "quota_exceeded",
+                               f"the account's daily quota of {limiter.quota.limit} messages is used up",
+                               headers=[("Retry-After", str(max(1, math.ceil((midnight - local_now).total_seconds()))))])
+        if limiter.bucket is not None:
+            wait = limiter.bucket.take(n, time.monotonic())
+            if wait > 0:
+                if limiter.quota is not None:
+                    limiter.quota.release(n)
+                raise ApiError(429, "rate_limited",
+                               f"over the account's rate of {limiter.bucket.rate:g} messages a second",
+                               headers=[("Retry-After", str(max(1, math.ceil(wait))))])
+
+        def give_back() -> None:
+            if limiter.quota is not None:
+                limiter.quota.release(n)
+            if limiter.bucket is not None:
+                limiter.bucket.give_back(n)
+
+        return give_back
+
+    async def _accept(self, account: Account, accept: AcceptRequest) -> AcceptResult:
+        """Admit by the account's limits, then store durably."""
+        try:
+            give_back = await self._admit(account, len(accept.messages))
+        except ApiError:
+            # A replay of a request already accepted returns its messages whatever the limits.
+            if accept.client_ref is None or not await self._store.client_ref_taken(account.id, accept.client_ref):
+                raise
+            give_back = _nothing
+        try:
+            result = await self._intake.accept(accept, timeout=self._config.http.accept_timeout)
+        except BaseException:
+            give_back()
+            raise
+        if result.duplicate:
+            give_back()
+        return result
 
     async def send(self, request: Request) -> Response:
         account = await self.authenticate(request)
         body = decode_send(request.body, max_recipients=self._config.http.max_recipients)
         accept = build_accept(body, account.id, max_parts=self._config.http.max_parts)
-        result = await self._intake.accept(accept, timeout=self._config.http.accept_timeout)
+        result = await self._accept(account, accept)
         out = SendResponse([MessageOut(str(m.id), m.dest, m.status, m.parts) for m in result.messages])
         return Response(status=202, body=_encoder.encode(out))
 

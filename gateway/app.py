@@ -87,6 +87,8 @@ async def serve_gateway(
     if channels is None:
         channels = build_channels(config)
     async with open_database(config) as (store, url):
+        for account in config.accounts:
+            await store.ensure_account(account.name)
         metrics = Metrics()
         dispatcher = Dispatcher(store, channels, config.dispatcher, metrics)
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)

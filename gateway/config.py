@@ -115,6 +115,18 @@ class ModemConfig(_Section, kw_only=True):
     """The SIM's own number, reported as the service number of the messages it receives."""
 
 
+class AccountConfig(_Section, kw_only=True):
+    """One account (``[[accounts]]``), created at start if missing, with its limits."""
+
+    name: Name
+    rate: Annotated[float, Meta(gt=0)] | None = None
+    """Recipients accepted per second; none means unlimited."""
+    burst: Annotated[float, Meta(ge=1)] | None = None
+    """Recipients the rate may run ahead by (default: one second's worth)."""
+    daily_quota: Annotated[int, Meta(ge=1)] | None = None
+    """Recipients accepted per local day (dispatcher.timezone); none means unlimited."""
+
+
 class Config(_Section):
     data_dir: str = "./.smsgw"
     database: DatabaseConfig = DatabaseConfig()
@@ -122,6 +134,7 @@ class Config(_Section):
     admin: AdminConfig = AdminConfig()
     intake: IntakeConfig = IntakeConfig()
     dispatcher: DispatcherConfig = DispatcherConfig()
+    accounts: list[AccountConfig] = []
     cmpp: list[CmppConfig] = []
     modems: list[ModemConfig] = []
 

@@ -511,6 +511,15 @@ class Store:
         row = await self.fetchrow("SELECT id, name, webhook_secret FROM accounts WHERE name = $1", name)
         return None if row is None else Account(row["id"], row["name"], row["webhook_secret"])
 
+    async def client_ref_taken(self, account_id: int, client_ref: str) -> bool:
+        return bool(await self.fetchval(
+            "SELECT 1 FROM client_refs WHERE account_id = $1 AND client_ref = $2", account_id, client_ref))
+
+    async def accepted_since(self, account_id: int, since: datetime) -> int:
+        """Messages the account had accepted since ``since`` (for its daily quota)."""
+        return await self.fetchval(
+            "SELECT count(*) FROM messages WHERE account_id = $1 AND created_at >= $2", account_id, since)
+
     async def create_api_key(self, account_id: int) -> str:
         """A new key for the account: returned once, stored only as a hash."""
         key = API_KEY_PREFIX + secrets.token_urlsafe(32)

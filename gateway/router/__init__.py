@@ -1,5 +1,6 @@
 """Routing policy: pure rules the dispatcher applies (no I/O)."""
 
+from .limits import AccountLimiter, DailyQuota, TokenBucket
 from .quiet_hours import QuietHours
 
-__all__ = ["QuietHours"]
+__all__ = ["AccountLimiter", "DailyQuota", "QuietHours", "TokenBucket"]
