@@ -111,6 +111,22 @@ from gateway.modem_pool.pdu import (
 )
 from gateway.modem_pool.serial_stream import SerialStream
 
+from gateway.modem_pool.pool import (
+    ModemDown,
+    ModemMo,
+    ModemPool,
+    ModemReport,
+    ModemSpec,
+    ModemState,
+    ModemStatistics,
+    ModemUp,
+    PartSent,
+    PoolEvent,
+    SendFailed,
+    SendRequest,
+    cms_transient,
+)
+
 __all__ = [
     "AckMessage",
     "Address",
@@ -216,4 +232,17 @@ __all__ = [
     "submits_for_parts",
     "validity_from_seconds",
     "validity_seconds",
+    "ModemDown",
+    "ModemMo",
+    "ModemPool",
+    "ModemReport",
+    "ModemSpec",
+    "ModemState",
+    "ModemStatistics",
+    "ModemUp",
+    "PartSent",
+    "PoolEvent",
+    "SendFailed",
+    "SendRequest",
+    "cms_transient",
 ]

@@ -1,0 +1,229 @@
+"""ModemPool against emulated modems over real pseudo-terminals."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from gateway.modem_pool.emulator import HandsetNetwork, ModemEmulator
+from gateway.modem_pool.pdu import Alphabet, StatusClass
+from gateway.modem_pool.pool import (
+    ModemDown,
+    ModemMo,
+    ModemPool,
+    ModemReport,
+    ModemSpec,
+    ModemUp,
+    PartSent,
+    SendFailed,
+    SendRequest,
+    cms_transient,
+)
+from gateway.text import Encoding, plan
+
+DEADLINE = 20.0
+HANDSET = "18600000001"
+CHINESE = "您好，这是一条很长的中文短信，用于测试长短信的拆分与重组功能是否正常。" * 3
+
+
+def request(ref, text, *, dest=HANDSET, operator="cucc"):
+    p = plan(text)
+    alphabet = Alphabet.UCS2 if p.encoding is Encoding.UCS2 else Alphabet.GSM7
+    return SendRequest(ref=ref, destination=dest, operator=operator, parts=p.parts, alphabet=alphabet)
+
+
+@asynccontextmanager
+async def running_pool(nursery, network, tmp_path, specs, **pool_options):
+    """Emulators (one per spec: (name, number, operators, options)) and a pool over them."""
+    emulators = {}
+    modems = []
+    for name, number, operators, options in specs:
+        rate = options.pop("rate_per_minute", 600.0)
+        quota = options.pop("daily_quota", 500)
+        emulator = ModemEmulator(network, number, link_path=tmp_path / name, **options)
+        await nursery.start(emulator.run)
+        emulators[name] = emulator
+        modems.append(ModemSpec(name=name, device=emulator.device, operators=frozenset(operators),
+                                rate_per_minute=rate, daily_quota=quota))
+    pool = ModemPool(modems, **pool_options)
+    async with trio.open_nursery() as inner:
+        await inner.start(pool.run)
+        up = set()
+        while len(up) < len(modems):
+            event = await pool.events.receive()
+            assert isinstance(event, ModemUp), event
+            up.add(event.modem)
+        yield pool, emulators
+        inner.cancel_scope.cancel()
+
+
+async def next_event(pool, *kinds):
+    async for event in pool.events:
+        if isinstance(event, kinds):
+            return event
+    raise AssertionError("pool events closed")
+
+
+def test_cms_classification():
+    assert cms_transient(500) and cms_transient(512) and cms_transient(331)
+    assert not cms_transient(304) and not cms_transient(301) and not cms_transient(330)
+    assert not cms_transient(1) and not cms_transient(21)
+    assert cms_transient(38) and cms_transient(42)
+    assert cms_transient(None)
+
+
+async def test_single_and_long_chinese_reach_the_handset_with_reports(nursery, tmp_path):
+    network = HandsetNetwork()
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path,
+                                [("m1", "+8618600000011", ["cucc"], {})]) as (pool, _):
+            await pool.send(request(1, "Your code is 1234"))
+            sent = await next_event(pool, PartSent)
+            assert (sent.ref, sent.modem, sent.part, sent.destination) == (1, "m1", 1, HANDSET)
+            report = await next_event(pool, ModemReport)
+            assert (report.modem, report.tp_mr, report.recipient) == ("m1", sent.tp_mr, HANDSET)
+            assert report.status is StatusClass.DELIVERED
+
+            long = request(2, CHINESE)
+            assert len(long.parts) > 1
+            await pool.send(long)
+            parts, reports = [], []
+            while len(parts) < len(long.parts) or len(reports) < len(long.parts):
+                event = await next_event(pool, PartSent, ModemReport)
+                (parts if isinstance(event, PartSent) else reports).append(event)
+            assert [p.part for p in parts] == list(range(1, len(long.parts) + 1))
+            assert {r.tp_mr for r in reports} == {p.tp_mr for p in parts}
+    inbox = network.inbox(HANDSET)
+    assert [m.text for m in inbox] == ["Your code is 1234", CHINESE]
+    assert inbox[1].parts == len(long.parts)
+    assert pool.statistics()[0].sent_today == 1 + len(long.parts)
+
+
+async def test_rate_per_minute_is_respected(nursery, tmp_path, autojump_clock):
+    network = HandsetNetwork()
+    async with running_pool(nursery, network, tmp_path,
+                            [("m1", "+8618600000011", ["cucc"], {"rate_per_minute": 2.0})]) as (pool, _):
+        times = []
+        async with trio.open_nursery() as senders:
+            async def producer():
+                for ref in range(3):
+                    await pool.send(request(ref, f"msg {ref}"))
+            senders.start_soon(producer)
+            while len(times) < 3:
+                await next_event(pool, PartSent)
+                times.append(trio.current_time())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(gap >= 29.9 for gap in gaps), gaps
+
+
+async def test_quota_exhausted_modem_is_not_chosen(nursery, tmp_path):
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {"daily_quota": 1}),
+             ("m2", "+8618600000012", ["cucc"], {})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs) as (pool, _):
+            modems = []
+            for ref in range(4):
+                await pool.send(request(ref, f"msg {ref}"))
+                modems.append((await next_event(pool, PartSent)).modem)
+            assert modems.count("m1") == 1
+            assert modems.count("m2") == 3
+            stats = {s.name: s for s in pool.statistics()}
+            assert stats["m1"].sent_today == 1
+
+
+async def test_operator_is_respected(nursery, tmp_path):
+    network = HandsetNetwork()
+    specs = [("u", "+8618600000011", ["cucc"], {}), ("t", "+8618900000011", ["ctcc"], {})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs) as (pool, _):
+            for ref in range(3):
+                await pool.send(request(ref, "hi", dest="18900000001", operator="ctcc"))
+                assert (await next_event(pool, PartSent)).modem == "t"
+            assert pool.operators == {"cucc", "ctcc"}
+
+
+@pytest.mark.parametrize(("code", "transient"), [(500, True), (304, False), (1, False)])
+async def test_cms_error_is_reported_with_its_class(nursery, tmp_path, code, transient):
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {"send_error": code, "send_error_count": 1})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs) as (pool, _):
+            await pool.send(request(7, "hello"))
+            failed = await next_event(pool, SendFailed)
+            assert (failed.ref, failed.transient, failed.cms_code) == (7, transient, code)
+            await pool.send(request(8, "hello again"))
+            assert (await next_event(pool, PartSent)).ref == 8
+
+
+async def test_unplug_fails_over_and_device_rejoins(nursery, tmp_path):
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {"answer_delay": 0.5}),
+             ("m2", "+8618600000012", ["cucc"], {"answer_delay": 0.5})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs) as (pool, emulators):
+            await pool.send(request(1, "failover me"))
+            await trio.sleep(0.2)  # the send is in flight on one modem
+            busy = next(s.name for s in pool.statistics() if s.queued)
+            emulators[busy].unplug()
+            down = await next_event(pool, ModemDown)
+            assert down.modem == busy
+            sent = await next_event(pool, PartSent)
+            assert sent.ref == 1 and sent.modem != busy
+            emulators[busy].replug()
+            up = await next_event(pool, ModemUp)
+            assert up.modem == busy
+            await trio.sleep(1.0)  # the network delivers what it took
+    texts = [m.text for m in network.inbox(HANDSET)]
+    assert 1 <= texts.count("failover me") <= 2
+
+
+async def test_mo_is_reassembled_and_deleted_only_after_ack(nursery, tmp_path):
+    network = HandsetNetwork()
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path,
+                                [("m1", "+8618600000011", ["cucc"], {})]) as (pool, emulators):
+            parts = network.send_from_handset("13900000001", "18600000011", CHINESE)
+            assert parts > 1
+            mo = await next_event(pool, ModemMo)
+            assert (mo.modem, mo.sender, mo.text) == ("m1", "13900000001", CHINESE)
+            assert mo.own_number == "+8618600000011"
+            await trio.sleep(0.3)
+            assert emulators["m1"].stored == parts
+            mo.ack()
+            while emulators["m1"].stored:
+                await trio.sleep(0.05)
+
+
+async def test_messages_stored_before_start_are_picked_up(nursery, tmp_path):
+    network = HandsetNetwork()
+    emulator = ModemEmulator(network, "+8618600000011", link_path=tmp_path / "m1")
+    await nursery.start(emulator.run)
+    network.send_from_handset("13900000002", "18600000011", "sent while down")
+    assert emulator.stored == 1
+    pool = ModemPool([ModemSpec(name="m1", device=emulator.device, operators=frozenset({"cucc"}))])
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as inner:
+            await inner.start(pool.run)
+            mo = await next_event(pool, ModemMo)
+            assert (mo.sender, mo.text) == ("13900000002", "sent while down")
+            mo.ack()
+            while emulator.stored:
+                await trio.sleep(0.05)
+            inner.cancel_scope.cancel()
+
+
+async def test_missing_device_is_retried_until_it_appears(nursery, tmp_path, autojump_clock):
+    pool = ModemPool([ModemSpec(name="m1", device=str(tmp_path / "nothing"),
+                                operators=frozenset({"cucc"}))])
+    async with trio.open_nursery() as inner:
+        await inner.start(pool.run)
+        await trio.sleep(10)
+        assert pool.usable == 0 and pool.capacity() == 0
+        assert pool.statistics()[0].state == "down"
+        with trio.move_on_after(5) as scope:
+            await pool.send(request(1, "nowhere"))
+        assert scope.cancelled_caught
+        inner.cancel_scope.cancel()

@@ -1,0 +1,86 @@
+"""ModemChannel: pool events as gateway channel events, and under the real dispatcher."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import trio
+
+from gateway.channel import DeliveryReport, LinkState, MoReceived, Status, Submitted, SubmitFailed
+from gateway.config import ModemConfig
+from gateway.modem_channel import ModemChannel, part_ref
+from gateway.modem_pool.emulator import HandsetNetwork
+from gateway.modem_pool.pdu import StatusClass
+from gateway.modem_pool.pool import ModemMo, ModemReport, PartSent, SendFailed
+from gateway.sim_modems import serve_sim_modems
+from tests.conftest import start_gateway
+
+CHINESE = "您好，这是一条很长的中文短信，用于测试长短信的拆分与重组功能是否正常。" * 3
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+
+
+def channel(service_number=""):
+    return ModemChannel([ModemConfig(name="u1", device="/dev/null-modem", operators=["cucc"],
+                                     service_number=service_number)])
+
+
+def test_translation_of_pool_events():
+    ch = channel()
+    (sub,) = ch._translate(PartSent(ref=5, modem="u1", part=2, tp_mr=17, destination="18600000001"))
+    assert sub == Submitted(channel="modems", message_id=5, part=2, ref="u1:17:18600000001")
+    (fail,) = ch._translate(SendFailed(ref=5, transient=True, reason="x", cms_code=500))
+    assert fail == SubmitFailed(channel="modems", message_id=5, transient=True, reason="x",
+                                error_code="CMS 500")
+    report = ModemReport(modem="u1", tp_mr=17, recipient="18600000001", status=StatusClass.DELIVERED,
+                         tp_status=0, at=NOW)
+    (dr,) = ch._translate(report)
+    assert (dr.ref, dr.status) == (part_ref("u1", 17, "18600000001"), Status.DELIVERED)
+    (bad,) = ch._translate(ModemReport(modem="u1", tp_mr=1, recipient="1", status=StatusClass.PERMANENT,
+                                       tp_status=0x41, at=NOW))
+    assert isinstance(bad, DeliveryReport) and bad.status is Status.UNDELIVERABLE
+    assert ch._translate(ModemReport(modem="u1", tp_mr=1, recipient="1", status=StatusClass.TEMPORARY,
+                                     tp_status=0x20, at=NOW)) == []
+    mo = ModemMo(modem="u1", sender="13900000001", text="hi", received_at=NOW, own_number="+8618600000011")
+    (m,) = ch._translate(mo)
+    assert isinstance(m, MoReceived) and m.service_number == "+8618600000011"
+    (m2,) = channel("10655").__class__._translate(channel("10655"), mo)
+    assert m2.service_number == "10655"
+    assert ch.operators == {"cucc"} and not ch.up and ch.capacity() == 0
+
+
+async def test_sim_modems_report_devices_and_numbers(nursery):
+    modems = await nursery.start(serve_sim_modems, 4)
+    assert [m.operator for m in modems] == ["cucc", "ctcc", "cucc", "ctcc"]
+    assert [m.number for m in modems] == ["18610000000", "18910000000", "18610000001", "18910000001"]
+    assert all(m.device.startswith("/dev/") for m in modems)
+
+
+async def wait_status(store, message_id, status):
+    with trio.fail_after(20):
+        while await store.fetchval("SELECT status FROM messages WHERE id = $1", message_id) != status:
+            await trio.sleep(0.05)
+
+
+async def test_dispatcher_delivers_through_modems_and_stores_mo(nursery, database_url):
+    network = HandsetNetwork()
+    sims = await nursery.start(lambda task_status: serve_sim_modems(
+        2, numbers=["18600000011", "18600000012"], operators=["cucc", "cucc"], network=network,
+        task_status=task_status))
+    ch = ModemChannel([ModemConfig(name=f"u{i}", device=s.device, operators=["cucc"], rate_per_minute=600)
+                       for i, s in enumerate(sims)])
+    gw = await start_gateway(nursery, database_url, channels=[ch])
+    async with gw.client() as c:
+        ids = []
+        for text in ("hello from the pool", CHINESE):
+            r = await c.post("/v1/messages", json={"to": "18600000001", "text": text})
+            assert r.status_code == 202, r.text
+            ids.append(int(r.json()["messages"][0]["id"]))
+    for mid in ids:
+        await wait_status(gw.store, mid, "delivered")
+    assert sorted(m.text for m in network.inbox("18600000001")) == sorted(["hello from the pool", CHINESE])
+    network.send_from_handset("13900000001", "18600000011", CHINESE)
+    with trio.fail_after(20):
+        while not await gw.store.fetchval("SELECT count(*) FROM inbound_messages"):
+            await trio.sleep(0.05)
+    row = await gw.store.fetchrow("SELECT channel, sender, service_number, body FROM inbound_messages")
+    assert tuple(row) == ("modems", "13900000001", "18600000011", CHINESE)
