@@ -19,7 +19,6 @@ import trio_asyncio
 from .api import Api
 from .channel import Channel
 from .config import Config, split_listen
-from .errors import ConfigError
 from .dispatcher import Dispatcher
 from .http import Router, serve_http
 from .http.server import HttpLimits
@@ -68,12 +67,15 @@ async def open_database(config: Config) -> AsyncIterator[tuple[Store, str]]:
 
 
 def build_channels(config: Config) -> list[Channel]:
-    """The channels the configuration names: one per ``[[cmpp]]`` account."""
+    """The channels the configuration names: one per ``[[cmpp]]`` account, and one for the
+    pool of ``[[modems]]``."""
     from .cmpp_channel import CmppChannel
+    from .modem_channel import ModemChannel
 
+    channels: list[Channel] = [CmppChannel(c) for c in config.cmpp]
     if config.modems:
-        raise ConfigError("modems: GSM modem channels are not available in this build; remove the [[modems]] tables")
-    return [CmppChannel(c) for c in config.cmpp]
+        channels.append(ModemChannel(config.modems))
+    return channels
 
 
 async def serve_gateway(

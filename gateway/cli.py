@@ -106,6 +106,25 @@ def cmd_sim_ismg(args: argparse.Namespace) -> None:
     trio.run(_until_signal, serve)
 
 
+def cmd_sim_modems(args: argparse.Namespace) -> None:
+    from .sim_modems import serve_sim_modems
+
+    if args.count < 1 or args.count > 256:
+        raise GatewayError("--count must be between 1 and 256")
+    if args.network_listen:
+        raise GatewayError("--network-listen (handsets in another process) is not available yet; "
+                           "the modems share an in-process handset network")
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            modems = await nursery.start(serve_sim_modems, args.count)
+            for m in modems:
+                print(f"{m.device} {m.number}", flush=True)
+            task_status.started()
+
+    trio.run(_until_signal, serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsgw", description="Asynchronous SMS gateway on Trio.")
     p.add_argument("--version", action="version", version=f"smsgw {__version__}")
@@ -136,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--max-rate", type=float, default=None,
                     help="SUBMITs per second per connection; over it the answer is Result 8 (flow control)")
     si.set_defaults(func=cmd_sim_ismg)
+    sm = simsub.add_parser("modems", help="emulated GSM modems on pseudo-terminals")
+    sm.add_argument("--count", type=int, required=True, help="how many modems")
+    sm.add_argument("--network-listen", help="HOST:PORT of a handset network for other processes (not yet)")
+    sm.set_defaults(func=cmd_sim_modems)
 
     m = sub.add_parser("migrate", help="apply database schema migrations")
     m.add_argument("--config", help="the TOML configuration file (default: embedded database in --data-dir)")

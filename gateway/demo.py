@@ -1,6 +1,7 @@
 """``smsgw demo``: the whole gateway on embedded defaults, for a first look.
 
-An ISMG simulator with one CMPP 3.0 link to it (China Mobile numbers), an embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
+An ISMG simulator with one CMPP 3.0 link to it (China Mobile numbers), four emulated GSM
+modems on pseudo-terminals (China Unicom and China Telecom numbers), an embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
 (kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), and a ready file
 for scripts. Channels and simulators join the demo as they are wired into the gateway.
 """
@@ -25,7 +26,9 @@ from .cmpp.longsms import parse_concat_udh
 from .cmpp.pdus import VERSION_3_0, decode_text
 from .http import Request, Response, Router
 from .text import InvalidNumber, normalize_msisdn
-from .config import CmppConfig, Config, HttpConfig, default_config, split_listen
+from .config import CmppConfig, Config, HttpConfig, ModemConfig, default_config, split_listen
+from .modem_pool.emulator import HandsetNetwork
+from .sim_modems import DEMO_NUMBERS, SimModem, serve_sim_modems
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -49,12 +52,22 @@ DLR_DELAY = 0.5
 """Seconds the simulated operator takes to report delivery."""
 
 
-def demo_config(options: DemoOptions, ismg_port: int) -> Config:
+DEMO_MODEM_RATE = 30.0
+"""Messages a minute per emulated SIM: brisker than a real SIM's few, so the demo is quick."""
+
+
+def demo_config(options: DemoOptions, ismg_port: int, modems: list[SimModem]) -> Config:
     host, _ = split_listen(options.ismg)
     cmpp = CmppConfig(name="cmcc-demo", host=host, port=ismg_port, version="3.0", sp_id=DEMO_SP_ID,
                       secret=DEMO_SECRET, service_number=DEMO_SERVICE_NUMBER, window=16, rate=1000.0,
                       operators=["cmcc"])
-    return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http), cmpp=[cmpp])
+    modem_configs = [
+        ModemConfig(name=f"m{i}", device=m.device, operators=[m.operator], rate_per_minute=DEMO_MODEM_RATE,
+                    daily_quota=10_000, service_number=m.number)
+        for i, m in enumerate(modems, start=1)
+    ]
+    return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http), cmpp=[cmpp],
+                          modems=modem_configs)
 
 
 async def demo_credentials(store: Store, data_dir: str) -> tuple[str, str]:
@@ -103,6 +116,13 @@ _mo_decoder = msgspec.json.Decoder(SimMoBody)
 MO_TIMEOUT = 10.0
 
 
+def _national_or_raw(number: str) -> str:
+    try:
+        return normalize_msisdn(number)
+    except InvalidNumber:
+        return number
+
+
 def cmpp_inbox(sim: IsmgSimulator, phone: str) -> list[InboxEntry]:
     """What a China Mobile handset has received: the SUBMITs the ISMG took for it, long ones
     reassembled from their concatenation UDH, oldest first."""
@@ -128,8 +148,17 @@ def cmpp_inbox(sim: IsmgSimulator, phone: str) -> list[InboxEntry]:
     return whole
 
 
-def sim_routes(router: Router, sim: IsmgSimulator) -> None:
+class Handsets(msgspec.Struct):
+    """The two simulated networks a demo handset lives on."""
+
+    sim: IsmgSimulator
+    network: HandsetNetwork
+    modem_numbers: set[str]
+
+
+def sim_routes(router: Router, handsets: Handsets) -> None:
     """The demo's handset endpoints; they act as consumers' phones, so they take no API key."""
+    sim, network = handsets.sim, handsets.network
 
     async def mo(request: Request) -> Response:
         try:
@@ -139,9 +168,17 @@ def sim_routes(router: Router, sim: IsmgSimulator) -> None:
             return error_response(400, "invalid_field", str(exc))
         except InvalidNumber as exc:
             return error_response(400, "invalid_number", f"{body.sender!r}: {exc.reason}")
-        via = body.via or "cmpp"
-        if via != "cmpp":
-            return error_response(400, "invalid_field", "this demo has no emulated modems; use \"via\": \"cmpp\"")
+        to = body.to.strip()
+        to_modem = _national_or_raw(to) in handsets.modem_numbers
+        via = body.via or ("modem" if to_modem else "cmpp")
+        if via == "modem":
+            if not to_modem:
+                return error_response(400, "invalid_field",
+                                      f"{to!r} is not an emulated modem's number; the modems are "
+                                      + ", ".join(sorted(handsets.modem_numbers)), field="to")
+            parts = network.send_from_handset(sender, _national_or_raw(to), body.text)
+            out = {"from": sender, "to": to, "via": via, "parts": parts}
+            return Response(status=202, body=_inbox_encoder.encode(out))
         with trio.move_on_after(MO_TIMEOUT):
             parts = await sim.inject_mo(sender, body.to, body.text)
             out = {"from": sender, "to": body.to, "via": via, "parts": parts}
@@ -153,7 +190,9 @@ def sim_routes(router: Router, sim: IsmgSimulator) -> None:
             msisdn = normalize_msisdn(phone)
         except InvalidNumber as exc:
             return error_response(400, "invalid_number", f"{phone!r}: {exc.reason}")
-        return Response(status=200, body=_inbox_encoder.encode(Inbox(msisdn, cmpp_inbox(sim, msisdn))))
+        entries = cmpp_inbox(sim, msisdn) + [InboxEntry(m.sender, m.text, "modem", m.parts)
+                                             for m in network.inbox(msisdn)]
+        return Response(status=200, body=_inbox_encoder.encode(Inbox(msisdn, entries)))
 
     router.add("POST", "/v1/sim/mo", mo)
     router.add("GET", "/v1/sim/inbox/{phone}", inbox)
@@ -168,14 +207,17 @@ def write_ready_file(path: str, info: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def instructions(running: Running, key: str) -> str:
+def instructions(running: Running, key: str, modem_numbers: list[str]) -> str:
     url = running.http_url
+    modems = ", ".join(modem_numbers)
     return f"""
 smsgw demo is up.
 
   HTTP API     {url}
   metrics      {url}/metrics
   ISMG (CMPP)  China Mobile numbers go through a CMPP 3.0 link to the ISMG simulator
+  modems       China Unicom / Telecom numbers go through four emulated GSM modems:
+               {modems}
   account      {DEMO_ACCOUNT}
   API key      {key}
 
@@ -190,6 +232,7 @@ Try it:
 Play the consumer: text the service number from a handset, read what a handset received:
 
   curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_SERVICE_NUMBER}", "text": "1"}}'
+  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "18611112222", "to": "{modem_numbers[0]}", "text": "2"}}'
   curl -s {url}/v1/sim/inbox/13800138000
 
 Stop with Ctrl-C.
@@ -203,9 +246,15 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
         sim = IsmgSimulator(sp_id=DEMO_SP_ID, secret=DEMO_SECRET, version=VERSION_3_0, dlr_delay=DLR_DELAY)
         ismg_host, ismg_port = split_listen(options.ismg)
         ismg_port = await nursery.start(sim.serve, ismg_host, ismg_port)
-        config = demo_config(options, ismg_port)
+        # Four emulated USB modems on pseudo-terminals for China Unicom and China Telecom.
+        network = HandsetNetwork()
+        modems: list[SimModem] = await nursery.start(functools.partial(
+            serve_sim_modems, len(DEMO_NUMBERS), numbers=[n for n, _ in DEMO_NUMBERS],
+            operators=[op for _, op in DEMO_NUMBERS], network=network))
+        config = demo_config(options, ismg_port, modems)
+        handsets = Handsets(sim, network, {m.number for m in modems})
         running: Running = await nursery.start(functools.partial(
-            serve_gateway, config, extra_routes=lambda router, _running: sim_routes(router, sim)))
+            serve_gateway, config, extra_routes=lambda router, _running: sim_routes(router, handsets)))
         key, secret = await demo_credentials(running.store, options.data_dir)
         info: dict[str, object] = {
             "http": running.http_url,
@@ -213,8 +262,9 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
             "api_key": key,
             "webhook_secret": secret,
             "ismg": f"{ismg_host}:{ismg_port}",
+            "modems": [m.device for m in modems],
         }
         if options.ready_file:
             write_ready_file(options.ready_file, info)
-        print(instructions(running, key), flush=True)
+        print(instructions(running, key, [m.number for m in modems]), flush=True)
         task_status.started(info)

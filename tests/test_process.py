@@ -239,19 +239,32 @@ def test_run_with_a_cmpp_table_against_the_simulator_process(tmp_path, data_dir)
     assert b"listening on 127.0.0.1:" in sim.stdout.read()
 
 
-@pytest.mark.parametrize("case", ["modems", "database"])
-def test_start_up_failures_are_one_clear_line(tmp_path, case):
+def test_start_up_failures_are_one_clear_line(tmp_path):
     config = tmp_path / "c.toml"
-    env = dict(os.environ)
-    if case == "modems":
-        config.write_text(f'data_dir = "{tmp_path}"\n[[modems]]\nname = "m1"\ndevice = "/dev/ttyUSB0"\n'
-                          'operators = ["cucc"]\n')
-        expected = "modems"
-    else:
-        config.write_text(f'data_dir = "{tmp_path}"\n[database]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n'
-                          'connect_timeout = 2\n')
-        expected = "database unreachable"
-    out = subprocess.run(SMSGW + ["run", "--config", str(config)], capture_output=True, text=True, timeout=60,
-                         env=env)
+    config.write_text(f'data_dir = "{tmp_path}"\n[database]\nurl = "postgresql://nobody@127.0.0.1:1/none"\n'
+                      'connect_timeout = 2\n')
+    expected = "database unreachable"
+    out = subprocess.run(SMSGW + ["run", "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert expected in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sim_modems_prints_a_pty_and_number_per_modem():
+    proc = subprocess.Popen(SMSGW + ["sim", "modems", "--count", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        lines = [proc.stdout.readline().split() for _ in range(2)]
+        assert all(len(parts) == 2 and parts[0].startswith("/dev/pts/") and re.fullmatch(r"1\d{10}", parts[1])
+                   for parts in lines), lines
+        # The pty answers AT like a modem: AT+CNUM gives the SIM's number.
+        import serial
+
+        with serial.Serial(lines[0][0], timeout=2) as port:
+            port.write(b"ATE0\r")
+            time.sleep(0.3)
+            port.reset_input_buffer()
+            port.write(b"AT+CNUM\r")
+            answer = port.read_until(b"OK\r\n").decode()
+        assert lines[0][1] in answer and "OK" in answer
+    finally:
+        assert stop(proc) == 0
