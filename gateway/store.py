@@ -28,6 +28,7 @@ from trio_asyncio import aio_as_trio
 
 from .channel import FINAL_STATUSES, OutboundMessage, Status
 from .errors import StoreError, StoreUnavailable
+from .text import plan
 
 log = logging.getLogger(__name__)
 
@@ -586,8 +587,6 @@ class Store:
         With ``marketing=False`` (quiet hours) marketing messages are left in the queue.
         """
         rows = await self.fetch(_CLAIM if marketing else _CLAIM_TRANSACTIONAL, limit, node, lease)
-        from .text import plan  # late: text is pure and imported by the API anyway
-
         out = []
         for r in rows:
             segments = plan(r["body"], max_parts=255)
