@@ -40,7 +40,7 @@ from .cmpp.client import INPUT_QUEUE_SIZE
 from .cmpp.longsms import concat_udh
 from .cmpp.pdus import VERSION_2_0, VERSION_3_0, MsgFmt
 from .config import CmppConfig
-from .text import Encoding, InvalidNumber, normalize_msisdn
+from .text import Encoding, national_or_raw
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,6 @@ def encode_parts(message: OutboundMessage, ref: int) -> list[tuple[int, int, byt
         else:
             out.append((int(fmt), 0, body))
     return out
-
-
-def _national(number: str) -> str:
-    """ISMGs often prefix the sender with 86; the gateway keeps the 11-digit form."""
-    try:
-        return normalize_msisdn(number)
-    except InvalidNumber:
-        return number
 
 
 class CmppChannel:
@@ -197,7 +189,7 @@ class CmppChannel:
                                 reason=f"SUBMIT_RESP Result={event.result} (part {part})",
                                 error_code=str(event.result))
         if isinstance(event, CmppMo):
-            return MoReceived(channel=self.name, sender=_national(event.src), service_number=event.dest, text=event.text,
+            return MoReceived(channel=self.name, sender=national_or_raw(event.src), service_number=event.dest, text=event.text,
                               received_at=datetime.fromtimestamp(event.received_at, timezone.utc))
         if isinstance(event, (LinkUp, LinkDown)):
             up = self.up

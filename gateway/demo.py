@@ -25,7 +25,7 @@ from .cmpp.errors import ProtocolError as CmppProtocolError
 from .cmpp.longsms import parse_concat_udh
 from .cmpp.pdus import VERSION_3_0, decode_text
 from .http import Request, Response, Router
-from .text import InvalidNumber, normalize_msisdn
+from .text import InvalidNumber, national_or_raw, normalize_msisdn
 from .config import CmppConfig, Config, HttpConfig, ModemConfig, default_config, split_listen
 from .modem_pool.emulator import HandsetNetwork
 from .sim_modems import DEMO_NUMBERS, SimModem, serve_sim_modems
@@ -116,13 +116,6 @@ _mo_decoder = msgspec.json.Decoder(SimMoBody)
 MO_TIMEOUT = 10.0
 
 
-def _national_or_raw(number: str) -> str:
-    try:
-        return normalize_msisdn(number)
-    except InvalidNumber:
-        return number
-
-
 def cmpp_inbox(sim: IsmgSimulator, phone: str) -> list[InboxEntry]:
     """What a China Mobile handset has received: the SUBMITs the ISMG took for it, long ones
     reassembled from their concatenation UDH, oldest first."""
@@ -169,14 +162,14 @@ def sim_routes(router: Router, handsets: Handsets) -> None:
         except InvalidNumber as exc:
             return error_response(400, "invalid_number", f"{body.sender!r}: {exc.reason}")
         to = body.to.strip()
-        to_modem = _national_or_raw(to) in handsets.modem_numbers
+        to_modem = national_or_raw(to) in handsets.modem_numbers
         via = body.via or ("modem" if to_modem else "cmpp")
         if via == "modem":
             if not to_modem:
                 return error_response(400, "invalid_field",
                                       f"{to!r} is not an emulated modem's number; the modems are "
                                       + ", ".join(sorted(handsets.modem_numbers)), field="to")
-            parts = network.send_from_handset(sender, _national_or_raw(to), body.text)
+            parts = network.send_from_handset(sender, national_or_raw(to), body.text)
             out = {"from": sender, "to": to, "via": via, "parts": parts}
             return Response(status=202, body=_inbox_encoder.encode(out))
         with trio.move_on_after(MO_TIMEOUT):

@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -349,14 +349,11 @@ async def _aio_set_status(
         return set()
     cols = list(zip(*rows))
     moved = await conn.fetch(_SET_STATUS, *[list(c) for c in cols], _FINAL)
-    final_ids = [r[0] for r in moved if _is_final_row(rows, r[0])]
+    finals = {r[0] for r in rows if r[1] in _FINAL}
+    final_ids = [r[0] for r in moved if r[0] in finals]
     if final_ids:
         await conn.execute("DELETE FROM outbound_queue WHERE message_id = ANY($1::bigint[])", final_ids)
     return {r[0] for r in moved}
-
-
-def _is_final_row(rows: Sequence[tuple[int, str, str | None, str | None, str]], mid: int) -> bool:
-    return any(r[0] == mid and r[1] in _FINAL for r in rows)
 
 
 async def _aio_submitted(

@@ -237,6 +237,15 @@ def normalize_msisdn(raw: str) -> str:
     return _parse_msisdn(raw)[0]
 
 
+def national_or_raw(number: str) -> str:
+    """The 11-digit form when ``number`` is a valid mobile number, else ``number`` as given
+    (for numbers from the network, which are kept even when they are not mobile numbers)."""
+    try:
+        return normalize_msisdn(number)
+    except InvalidNumber:
+        return number
+
+
 def operator_of(msisdn: str) -> Operator:
     """The network owning the number's segment (by allocation; number portability aside).
 

@@ -30,6 +30,7 @@ import trio
 from gateway.modem_pool.at import MessageStat
 from gateway.modem_pool.errors import ModemError, PduError
 from gateway.modem_pool.pdu import (
+    mask_number,
     Address,
     Deliver,
     Reassembler,
@@ -66,10 +67,6 @@ MAX_INBOX = 1000
 _NETWORK_TZ = timezone(timedelta(hours=8))
 _CTRL_Z = 0x1A
 _ESC = 0x1B
-
-
-def _mask(number: str) -> str:
-    return number[:3] + "****" + number[-4:] if len(number) > 7 else "****"
 
 
 def national(number: str) -> str:
@@ -576,7 +573,7 @@ class ModemEmulator:
         logger.info(
             "modem emulator sent name=%s to=%s mr=%d",
             self.name,
-            _mask(submit.destination.number),
+            mask_number(submit.destination.number),
             mr,
         )
         self.network.route(self, submit, mr)

@@ -58,6 +58,7 @@ from gateway.modem_pool.errors import (
     RemoteProtocolError,
 )
 from gateway.modem_pool.pdu import (
+    mask_number,
     Address,
     Alphabet,
     encode_submit,
@@ -97,10 +98,6 @@ def _expect(response: Response, kind: type[_R]) -> _R:
     if not isinstance(response, kind):
         raise RemoteProtocolError(f"expected {kind.__name__}, got {type(response).__name__}")
     return response
-
-
-def _mask(number: str) -> str:
-    return number[:3] + "****" + number[-4:] if len(number) > 7 else "****"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +259,7 @@ class Modem:
         logger.info(
             "modem ready modem=%s number=%s rssi=%d registered=%s",
             self.name,
-            _mask(own_number or ""),
+            mask_number(own_number or ""),
             signal.rssi,
             registration.registered,
         )
@@ -295,7 +292,7 @@ class Modem:
         logger.info(
             "modem sent modem=%s to=%s parts=%d mr=%s",
             self.name,
-            _mask(destination),
+            mask_number(destination),
             len(parts),
             ",".join(map(str, mrs)),
         )
@@ -324,7 +321,7 @@ class Modem:
         logger.info(
             "modem sent modem=%s to=%s parts=%d mr=%s",
             self.name,
-            _mask(destination),
+            mask_number(destination),
             len(submits),
             ",".join(map(str, mrs)),
         )

@@ -124,6 +124,11 @@ def alphabet_of(dcs: int) -> Alphabet:
     return Alphabet.GSM7
 
 
+
+def mask_number(number: str) -> str:
+    """A phone number fit for logs: ``186****0001``."""
+    return number[:3] + "****" + number[-4:] if len(number) > 7 else "****"
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A TP address (TS 23.040 §9.1.2.5): digits or alphanumeric text, and its type.

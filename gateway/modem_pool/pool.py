@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from gateway.modem_pool.at import (
 from gateway.modem_pool.errors import CommandError, ModemError, ModemUnavailable
 from gateway.modem_pool.modem import Modem
 from gateway.modem_pool.pdu import (
+    mask_number,
     Address,
     Alphabet,
     Deliver,
@@ -300,10 +300,6 @@ class _Slot:
     def wake(self) -> None:
         self.wakeup.set()
         self.wakeup = trio.Event()
-
-
-def _mask(number: str) -> str:
-    return number[:3] + "****" + number[-4:] if len(number) > 7 else "****"
 
 
 class ModemPool:
@@ -577,7 +573,7 @@ class ModemPool:
                     transient = cms_transient(exc.code)
                     logger.warning(
                         "modem send failed modem=%s to=%s code=%s transient=%s",
-                        name, _mask(request.destination), exc.code, transient,
+                        name, mask_number(request.destination), exc.code, transient,
                     )
                     await self._emit(
                         SendFailed(
@@ -599,7 +595,7 @@ class ModemPool:
                 )
         logger.info(
             "modem sent modem=%s to=%s parts=%d mr=%s",
-            name, _mask(request.destination), len(mrs), ",".join(map(str, mrs)),
+            name, mask_number(request.destination), len(mrs), ",".join(map(str, mrs)),
         )
 
     # ---------------------------------------------------------------- incoming
@@ -674,7 +670,7 @@ class ModemPool:
             own_number=slot.own_number,
         )
         logger.info(
-            "modem mo modem=%s from=%s parts=%d", slot.spec.name, _mask(mo.sender), len(done.parts)
+            "modem mo modem=%s from=%s parts=%d", slot.spec.name, mask_number(mo.sender), len(done.parts)
         )
         await self._emit(mo)
         if held:
