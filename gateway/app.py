@@ -20,6 +20,8 @@ from .api import Api
 from .channel import Channel
 from .config import Config, split_listen
 from .dispatcher import Dispatcher
+from .events import EventBus
+from .outbox import IntakeOutbox
 from .http import Router, serve_http
 from .http.server import HttpLimits
 from .intake import Intake
@@ -43,6 +45,9 @@ class Running(msgspec.Struct, kw_only=True):
     store: Store
     dispatcher: Dispatcher
     metrics: Metrics
+    bus: EventBus
+    intake: Intake
+    outbox: IntakeOutbox
 
 
 @asynccontextmanager
@@ -91,8 +96,13 @@ async def serve_gateway(
     async with open_database(config) as (store, url):
         for account in config.accounts:
             await store.ensure_account(account.name)
+        for merchant in config.merchants:
+            owner = await store.ensure_account(merchant.account)
+            await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
         metrics = Metrics()
-        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics)
+        bus = EventBus()
+        store.events = bus
+        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus)
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
         api = Api(config=config, store=store, intake=intake, metrics=metrics,
                   channels=lambda: dispatcher.channels)
@@ -102,9 +112,10 @@ async def serve_gateway(
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
             await nursery.start(dispatcher.run)
-            await nursery.start(WebhookSender(store, metrics).run)
+            await nursery.start(WebhookSender(store, metrics, bus=bus).run)
             running = Running(http_url="", http_port=0, database_url=url, store=store,
-                              dispatcher=dispatcher, metrics=metrics)
+                              dispatcher=dispatcher, metrics=metrics, bus=bus, intake=intake,
+                              outbox=IntakeOutbox(intake, max_parts=config.http.max_parts))
             if extra_routes is not None:
                 extra_routes(router, running)
             limits = HttpLimits(max_body=config.http.max_body)

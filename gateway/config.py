@@ -127,6 +127,17 @@ class AccountConfig(_Section, kw_only=True):
     """Recipients accepted per local day (dispatcher.timezone); none means unlimited."""
 
 
+class MerchantConfig(_Section, kw_only=True):
+    """One merchant (``[[merchants]]``), created or updated at start: it sends as ``account``
+    and consumers text it at ``service_number``."""
+
+    name: Name
+    account: Name
+    service_number: Annotated[str, Meta(pattern=r"^[0-9]{3,21}$")]
+    signature: Annotated[str, Meta(max_length=40)] = ""
+    """Added to marketing texts that lack it, e.g. ``【某某商场】``."""
+
+
 class Config(_Section):
     data_dir: str = "./.smsgw"
     database: DatabaseConfig = DatabaseConfig()
@@ -137,6 +148,7 @@ class Config(_Section):
     accounts: list[AccountConfig] = []
     cmpp: list[CmppConfig] = []
     modems: list[ModemConfig] = []
+    merchants: list[MerchantConfig] = []
 
     @property
     def database_url(self) -> str:
@@ -164,6 +176,11 @@ def _check(config: Config, source: str) -> Config:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{source}: channel names must be unique; repeated: {', '.join(dupes)}")
+    for key, values in (("name", [m.name for m in config.merchants]),
+                        ("service_number", [m.service_number for m in config.merchants])):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{source}: merchants.{key} must be unique; repeated: {', '.join(repeated)}")
     for key, value in (("http.listen", config.http.listen), ("admin.listen", config.admin.listen)):
         try:
             split_listen(value)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 
 import trio
@@ -36,6 +36,8 @@ from .channel import (
     SubmitFailed,
 )
 from .config import DispatcherConfig
+from .events import EventBus, LinkEvent, MoEvent
+from .events import now as events_now
 from .errors import StoreError
 from .metrics import Metrics
 from .router import QuietHours
@@ -61,14 +63,21 @@ EXPIRY_SWEEP = 5.0
 """Seconds between sweeps that end overdue messages ``expired``."""
 
 
+Screen = Callable[[list[OutboundMessage]], Awaitable[dict[int, str]]]
+"""Checks claimed messages before routing; returns the refused ones' ids with a reason code
+(e.g. ``unsubscribed``, ``blocklisted``); those end ``rejected`` with that error code."""
+
+
 def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Dispatcher:
     def __init__(self, store: Store, channels: Sequence[Channel], config: DispatcherConfig,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *, bus: EventBus | None = None, screen: Screen | None = None) -> None:
         self._store = store
+        self._bus = bus or EventBus()
+        self._screen = screen
         self.channels = list(channels)
         self._config = config
         self._metrics = metrics
@@ -128,6 +137,15 @@ class Dispatcher:
                 self._wake = trio.Event()
 
     async def _dispatch(self, claimed: list[OutboundMessage], room: dict[str, int]) -> None:
+        if self._screen is not None:
+            refused = await self._screen(claimed)
+            if refused:
+                # Compliance (unsubscribed, blocklisted, ...): the message ends ``rejected``.
+                await self._store.set_status([(mid, Status.REJECTED, None, code, f"rejected: {code}")
+                                              for mid, code in refused.items()])
+                for _ in refused:
+                    self._metrics.messages.labels("rejected", "").inc()
+                claimed = [m for m in claimed if m.id not in refused]
         now = datetime.now(timezone.utc)
         expired = [m for m in claimed if m.expires_at <= now]
         plan: list[tuple[OutboundMessage, Channel]] = []
@@ -183,6 +201,7 @@ class Dispatcher:
         mos = [e for e in batch if isinstance(e, MoReceived)]
         for e in batch:
             if isinstance(e, LinkState):
+                self._bus.publish(LinkEvent(channel=e.channel, up=e.up, detail=e.detail, at=events_now()))
                 self._metrics.channel_up.labels(e.channel).set(1 if e.up else 0)
                 log.info("channel %s channel=%s detail=%s", "up" if e.up else "down", e.channel, e.detail)
         if submitted:
@@ -198,6 +217,8 @@ class Dispatcher:
                 [(e.channel, e.sender, e.service_number, e.text, e.received_at) for e in mos])
             for mo_id, e in zip(ids, mos):
                 self._metrics.mo_received.labels(e.channel).inc()
+                self._bus.publish(MoEvent(id=mo_id, channel=e.channel, sender=e.sender,
+                                          service_number=e.service_number, text=e.text, at=events_now()))
                 for listener in self.mo_listeners:
                     await listener.send((mo_id, e))
 

@@ -20,3 +20,12 @@ class StoreError(GatewayError):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached; the API answers 503."""
+
+
+class StoreConflict(StoreError):
+    """A write broke a constraint (unique key, check, foreign key): the caller's input clashes
+    with what is stored. ``constraint`` names the constraint when PostgreSQL said which."""
+
+    def __init__(self, message: str, constraint: str = "") -> None:
+        super().__init__(message)
+        self.constraint = constraint

@@ -23,16 +23,21 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import trio
 import trio_asyncio
 from trio_asyncio import aio_as_trio
 
 from .channel import FINAL_STATUSES, OutboundMessage, Status
-from .errors import StoreError, StoreUnavailable
+from .errors import StoreConflict, StoreError, StoreUnavailable
+from .events import EventBus, MtEvent
+from .events import now as events_now
 from .text import plan
 
 log = logging.getLogger(__name__)
 
 API_KEY_PREFIX = "smsgw_"
+ROLLBACK_TIMEOUT = 10.0
+"""Seconds a rollback or connection release may take when a transaction block is left."""
 _FINAL = [s.value for s in FINAL_STATUSES]
 
 
@@ -40,6 +45,17 @@ class Account(msgspec.Struct, frozen=True):
     id: int
     name: str
     webhook_secret: str
+
+
+class Merchant(msgspec.Struct, frozen=True, kw_only=True):
+    """A business served by the deployment: it sends as ``account_id`` and is texted at
+    ``service_number``."""
+
+    id: int
+    name: str
+    account_id: int
+    service_number: str
+    signature: str = ""
 
 
 class NewMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +144,8 @@ def _translate(exc: BaseException) -> StoreError:
         ),
     ):
         return StoreUnavailable(f"database unreachable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, asyncpg.exceptions.IntegrityConstraintViolationError):
+        return StoreConflict(f"{type(exc).__name__}: {exc}", getattr(exc, "constraint_name", "") or "")
     return StoreError(f"{type(exc).__name__}: {exc}")
 
 
@@ -319,7 +337,8 @@ u AS (
     SET status = t.status, channel = coalesce(t.channel, m.channel),
         error_code = coalesce(t.error_code, m.error_code), updated_at = now()
     FROM t WHERE m.id = t.id AND m.status <> ALL($6::text[])
-    RETURNING m.id, m.status, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at
+    RETURNING m.id, m.status, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at,
+              m.account_id, m.dest, m.channel, m.parts, m.class, m.error_code
 ),
 w AS (
     INSERT INTO webhook_outbox (message_id, url, kind, event_status, event_at)
@@ -334,21 +353,31 @@ k AS (
                                                     WHEN 'submitted' THEN 8 WHEN 'rejected' THEN 16
                                                     WHEN 'accepted' THEN 0 ELSE 2 END AS bit) d
     WHERE u.dlr_url IS NOT NULL AND d.bit > 0 AND (u.dlr_mask & d.bit) <> 0
+),
+e AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id
 )
-INSERT INTO message_events (message_id, status, detail)
-SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id
-RETURNING message_id
+SELECT u.id, u.status, u.account_id, u.dest, u.channel, u.parts, u.class, u.error_code, t.detail
+FROM u JOIN t ON t.id = u.id
 """
 
 
 async def _aio_set_status(
-    conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str | None, str | None, str]]
+    conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str | None, str | None, str]],
+    sink: list[MtEvent] | None = None,
 ) -> set[int]:
-    """Move messages to a status (never out of a final one); returns the ids that moved."""
+    """Move messages to a status (never out of a final one); returns the ids that moved.
+
+    With a ``sink``, each transition that happened is appended to it as an :class:`MtEvent`."""
     if not rows:
         return set()
     cols = list(zip(*rows))
     moved = await conn.fetch(_SET_STATUS, *[list(c) for c in cols], _FINAL)
+    if sink is not None:
+        at = events_now()
+        sink.extend(MtEvent(id=r[0], status=r[1], account_id=r[2], to=r[3], channel=r[4] or "", parts=r[5],
+                            msg_class=r[6], error_code=r[7] or "", detail=r[8], at=at) for r in moved)
     finals = {r[0] for r in rows if r[1] in _FINAL}
     final_ids = [r[0] for r in moved if r[0] in finals]
     if final_ids:
@@ -357,7 +386,7 @@ async def _aio_set_status(
 
 
 async def _aio_submitted(
-    pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str]]
+    pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str]], sink: list[MtEvent] | None = None,
 ) -> list[int]:
     """Record submitted parts (channel, message_id, part, ref); returns fully submitted ids."""
     async with pool.acquire() as conn:
@@ -382,14 +411,15 @@ async def _aio_submitted(
             complete = [r["id"] for r in rows if r["complete"] and r["status"] in ("accepted", "queued")]
             channel_of = {i[1]: i[0] for i in items}
             await _aio_set_status(
-                conn, [(mid, "submitted", channel_of[mid], None, f"channel={channel_of[mid]}") for mid in complete])
+                conn, [(mid, "submitted", channel_of[mid], None, f"channel={channel_of[mid]}") for mid in complete],
+                sink)
             if complete:
                 await conn.execute("DELETE FROM outbound_queue WHERE message_id = ANY($1::bigint[])", complete)
             return complete
 
 
 async def _aio_reports(
-    pool: asyncpg.Pool, reports: Sequence[tuple[str, str, str, str]]
+    pool: asyncpg.Pool, reports: Sequence[tuple[str, str, str, str]], sink: list[MtEvent] | None = None,
 ) -> list[ReportOutcome]:
     """Apply delivery reports (channel, ref, status, error_code) in one transaction."""
     outcomes: list[ReportOutcome] = []
@@ -439,7 +469,7 @@ async def _aio_reports(
                             for r in rows if r["complete"] and r["id"] not in failed]
             changes += [(mid, st, None, code or None, f"report stat={code or st}")
                         for mid, (st, code, _ch) in failed.items()]
-            await _aio_set_status(conn, changes)
+            await _aio_set_status(conn, changes, sink)
     return outcomes
 
 
@@ -456,6 +486,15 @@ class Store:
         # The loop is held here so that any Trio task may use the store, not only those
         # started inside ``trio_asyncio.open_loop()`` (the loop is found by context variable).
         self._loop = loop
+        self.events: EventBus | None = None
+        """Where status transitions go once committed, as :class:`MtEvent` (when anyone listens)."""
+
+    def _sink(self) -> list[MtEvent] | None:
+        return [] if self.events is not None and self.events.active else None
+
+    def _emit(self, sink: list[MtEvent] | None) -> None:
+        if sink and self.events is not None:
+            self.events.publish_many(sink)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -476,6 +515,31 @@ class Store:
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         return await self._call(self._pool.fetchval, sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One connection, one transaction: committed when the block ends, rolled back when it
+        raises (or is cancelled)."""
+        try:
+            conn = await aio_as_trio(self._pool.acquire, loop=self._loop)()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise _translate(exc) from exc
+        try:
+            tx = conn.transaction()
+            await self._call(tx.start)
+            try:
+                yield Transaction(self, conn)
+            except BaseException:
+                with trio.move_on_after(ROLLBACK_TIMEOUT) as scope:
+                    scope.shield = True
+                    await self._call(tx.rollback)
+                raise
+            else:
+                await self._call(tx.commit)
+        finally:
+            with trio.move_on_after(ROLLBACK_TIMEOUT) as scope:
+                scope.shield = True
+                await aio_as_trio(self._pool.release, loop=self._loop)(conn)
 
     async def ping(self) -> bool:
         try:
@@ -504,6 +568,32 @@ class Store:
         )
         assert row is not None
         return Account(row["id"], row["name"], row["webhook_secret"])
+
+    # -- merchants ---------------------------------------------------------------------------
+
+    async def ensure_merchant(self, name: str, account_id: int, service_number: str,
+                              signature: str = "") -> Merchant:
+        """The merchant of that name, created or updated to these values."""
+        row = await self.fetchrow(
+            "INSERT INTO merchants (name, account_id, service_number, signature) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (name) DO UPDATE SET account_id = EXCLUDED.account_id,"
+            " service_number = EXCLUDED.service_number, signature = EXCLUDED.signature"
+            " RETURNING id, name, account_id, service_number, signature",
+            name, account_id, service_number, signature)
+        assert row is not None
+        return Merchant(**dict(row))
+
+    async def merchants(self) -> list[Merchant]:
+        return [Merchant(**dict(r)) for r in await self.fetch(
+            "SELECT id, name, account_id, service_number, signature FROM merchants ORDER BY id")]
+
+    async def merchant_for_number(self, number: str) -> Merchant | None:
+        """The merchant a consumer reaches at ``number``: the longest service number that
+        ``number`` starts with (a service number may carry an extension after it)."""
+        row = await self.fetchrow(
+            "SELECT id, name, account_id, service_number, signature FROM merchants"
+            " WHERE $1 LIKE service_number || '%' ORDER BY length(service_number) DESC LIMIT 1", number)
+        return None if row is None else Merchant(**dict(row))
 
     async def account_by_name(self, name: str) -> Account | None:
         row = await self.fetchrow("SELECT id, name, webhook_secret FROM accounts WHERE name = $1", name)
@@ -539,7 +629,13 @@ class Store:
 
     async def accept(self, batch: Sequence[AcceptRequest]) -> list[AcceptResult]:
         """Store a batch of send requests durably, in one transaction (group commit)."""
-        return await self._call(_aio_accept, self._pool, batch, self._allocate_ids)
+        results = await self._call(_aio_accept, self._pool, batch, self._allocate_ids)
+        if self.events is not None and self.events.active:
+            at = events_now()
+            self._emit([MtEvent(id=m.id, account_id=req.account_id, to=m.dest, status="accepted", parts=m.parts,
+                                msg_class=req.msg_class, at=at)
+                        for req, res in zip(batch, results) if not res.duplicate for m in res.messages])
+        return results
 
     async def _allocate_ids(self, conn: asyncpg.Connection, count: int) -> list[int]:
         """``count`` unused message ids (asyncio side): from this process's blocks, each
@@ -614,24 +710,34 @@ class Store:
 
     async def set_status(self, rows: Sequence[tuple[int, Status, str | None, str | None, str]]) -> set[int]:
         """(message_id, status, channel, error_code, detail) each; final states are final."""
+        sink = self._sink()
+
         async def run(pool: asyncpg.Pool) -> set[int]:
             async with pool.acquire() as conn:
                 async with conn.transaction():
-                    return await _aio_set_status(conn, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows])
+                    return await _aio_set_status(conn, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows], sink)
 
-        return await self._call(run, self._pool)
+        moved = await self._call(run, self._pool)
+        self._emit(sink)
+        return moved
 
     async def record_submitted(self, items: Sequence[tuple[str, int, int, str]]) -> list[int]:
         """Persist (channel, message_id, part, ref) mappings; returns ids now fully submitted."""
         if not items:
             return []
-        return await self._call(_aio_submitted, self._pool, items)
+        sink = self._sink()
+        done = await self._call(_aio_submitted, self._pool, items, sink)
+        self._emit(sink)
+        return done
 
     async def record_reports(self, reports: Sequence[tuple[str, str, str, str]]) -> list[ReportOutcome]:
         """Apply (channel, ref, status, error_code) reports; unmatched ones say so."""
         if not reports:
             return []
-        return await self._call(_aio_reports, self._pool, reports)
+        sink = self._sink()
+        outcomes = await self._call(_aio_reports, self._pool, reports, sink)
+        self._emit(sink)
+        return outcomes
 
     async def expire_overdue(self, limit: int = 1000) -> int:
         """Messages past their validity with no final state end ``expired``."""
@@ -655,6 +761,29 @@ class Store:
             *[list(c) for c in zip(*items)],
         )
         return [r["id"] for r in rows]
+
+
+class Transaction:
+    """Statements on one connection inside :meth:`Store.transaction`."""
+
+    def __init__(self, store: Store, conn: asyncpg.Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        return await self._store._call(self._conn.execute, sql, *args)
+
+    async def executemany(self, sql: str, args: Sequence[Sequence[Any]]) -> None:
+        await self._store._call(self._conn.executemany, sql, args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return await self._store._call(self._conn.fetch, sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self._store._call(self._conn.fetchrow, sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._store._call(self._conn.fetchval, sql, *args)
 
 
 @asynccontextmanager

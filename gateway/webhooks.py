@@ -26,6 +26,8 @@ import msgspec
 import trio
 
 from .errors import StoreError
+from .events import EventBus, WebhookEvent
+from .events import now as events_now
 from .kannel import expand_dlr_url
 from .metrics import Metrics
 from .store import Store
@@ -87,8 +89,10 @@ RETURNING w.id, w.url, w.attempts, w.kind, w.dlr_type, w.event_status, w.event_a
 
 class WebhookSender:
     def __init__(self, store: Store, metrics: Metrics, *, client: httpx.AsyncClient | None = None,
-                 backoff: tuple[float, ...] = BACKOFF, idle_poll: float = IDLE_POLL) -> None:
+                 backoff: tuple[float, ...] = BACKOFF, idle_poll: float = IDLE_POLL,
+                 bus: EventBus | None = None) -> None:
         self._store = store
+        self._bus = bus
         self._backoff = backoff
         self._idle_poll = idle_poll
         self._metrics = metrics
@@ -123,9 +127,12 @@ class WebhookSender:
     async def _deliver(self, client: httpx.AsyncClient, row, limiter: trio.Semaphore) -> None:
         try:
             error = ""
+            code = 0
             try:
                 response = await self._request(client, row)
+                code = response.status_code
                 if 200 <= response.status_code < 300:
+                    self._publish(row, True, code, "")
                     await self._finish(row["id"], "delivered", "")
                     self._metrics.webhooks.labels("delivered").inc()
                     return
@@ -136,6 +143,7 @@ class WebhookSender:
                 error = f"bad URL: {exc}"[:500]
                 row = {**row, "attempts": len(self._backoff)}
             attempts = row["attempts"]
+            self._publish(row, False, code, error)
             if attempts >= len(self._backoff):
                 log.warning("webhook given up message_id=%s attempts=%d error=%s", row["message_id"], attempts, error)
                 await self._finish(row["id"], "failed", error)
@@ -150,6 +158,11 @@ class WebhookSender:
             log.warning("recording a webhook attempt failed id=%s: %s", row["id"], exc)
         finally:
             limiter.release()
+
+    def _publish(self, row, ok: bool, status_code: int, detail: str) -> None:
+        if self._bus is not None and self._bus.active:
+            self._bus.publish(WebhookEvent(message_id=row["message_id"], kind=row["kind"], attempt=row["attempts"],
+                                           ok=ok, status_code=status_code, detail=detail, at=events_now()))
 
     async def _request(self, client: httpx.AsyncClient, row) -> httpx.Response:
         if row["kind"] == "kannel":

@@ -69,3 +69,14 @@ def test_channel_tables_as_documented():
     with pytest.raises(ConfigError, match="repeated: x"):
         parse_config('[[modems]]\nname = "x"\ndevice = "/d"\noperators = ["cucc"]\n'
                      '[[modems]]\nname = "x"\ndevice = "/e"\noperators = ["cucc"]\n')
+
+
+def test_merchants_table_and_its_uniqueness():
+    ok = parse_config(b'[[merchants]]\nname = "mall"\naccount = "mall"\nservice_number = "10658888001"\n'
+                      b'signature = "\xe3\x80\x90\xe5\x95\x86\xe5\x9c\xba\xe3\x80\x91"\n')
+    assert ok.merchants[0].service_number == "10658888001" and ok.merchants[0].signature == "【商场】"
+    with pytest.raises(ConfigError, match="merchants.service_number must be unique"):
+        parse_config(b'[[merchants]]\nname = "a"\naccount = "a"\nservice_number = "1065"\n'
+                     b'[[merchants]]\nname = "b"\naccount = "b"\nservice_number = "1065"\n')
+    with pytest.raises(ConfigError, match="service_number"):
+        parse_config(b'[[merchants]]\nname = "a"\naccount = "a"\nservice_number = "abc"\n')

@@ -140,3 +140,21 @@ async def test_mo_is_stored(nursery, database_url):
             await trio.sleep(0.02)
     row = await gw.store.fetchrow("SELECT channel, sender, service_number, body FROM inbound_messages")
     assert tuple(row) == ("fake", "13900000001", "10658888", "1")
+
+
+async def test_a_screen_rejects_messages_before_routing(nursery, database_url):
+    ch = ScriptedChannel()
+    gw = await start_gateway(nursery, database_url, channels=[ch])
+
+    async def screen(messages):
+        return {m.id: "blocklisted" for m in messages if m.dest == "13900000000"}
+
+    gw.running.dispatcher._screen = screen
+    a = await send(gw, {"to": "13800138000", "text": "ok"})
+    b = await send(gw, {"to": "13900000000", "text": "no"})
+    await wait_status(gw.store, int(a[0]["id"]), "submitted")
+    await wait_status(gw.store, int(b[0]["id"]), "rejected")
+    row = await gw.store.fetchrow("SELECT error_code FROM messages WHERE id = $1", int(b[0]["id"]))
+    assert row["error_code"] == "blocklisted"
+    assert [m.dest for m in ch.submitted] == ["13800138000"]
+    assert await gw.store.fetchval("SELECT count(*) FROM outbound_queue") == 0
