@@ -58,6 +58,12 @@ _STAT_STATUS = {
 }
 _NOT_FINAL = frozenset({"ACCEPTD", "ENROUTE"})
 
+PART_RETRIES = 3
+"""Times one part of a long message rejected with a transient Result is tried again on its
+link (same concatenation reference) before the whole message is given back for retry."""
+PART_RETRY_DELAY = 1.0
+"""Seconds before the first such retry; doubled each time."""
+
 ASCII_MAX = 159
 """Msg_Fmt 0 carries fewer than 160 octets (the SUBMIT Msg_Length rule for ASCII)."""
 
@@ -94,7 +100,8 @@ def encode_parts(message: OutboundMessage, ref: int) -> list[tuple[int, int, byt
 class CmppChannel:
     """One ISMG account as one channel; its links share the configured rate."""
 
-    def __init__(self, config: CmppConfig, *, wall_clock=time.time) -> None:
+    def __init__(self, config: CmppConfig, *, wall_clock=time.time,
+                 part_retry_delay: float = PART_RETRY_DELAY) -> None:
         self.name = config.name
         self.operators = frozenset(config.operators)
         self._config = config
@@ -114,6 +121,12 @@ class CmppChannel:
         ]
         self._next_ref = 0
         self._was_up = False
+        # Parts of long messages in flight: (message id, part) → (request, link, retries so far).
+        # A transient rejection of one part is retried alone, so that the parts the handset
+        # already has are not sent again with the whole message.
+        self._long_parts: dict[tuple[int, int], tuple[SubmitRequest, CmppLink, int]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._part_retry_delay = part_retry_delay
 
     @property
     def up(self) -> bool:
@@ -156,22 +169,49 @@ class CmppChannel:
         parts = encode_parts(message, self._next_ref)
         src_id = (self._config.service_number + message.sender)[:21]
         for number, (fmt, udhi, content) in enumerate(parts, start=1):
-            await link.submit(SubmitRequest(
+            request = SubmitRequest(
                 ref=(message.id, number), dest=message.dest, src_id=src_id, content=content, msg_fmt=fmt,
                 udhi=udhi, pk_total=len(parts), pk_number=number, registered_delivery=1,
                 service_id=self._config.service_id,
-            ))
+            )
+            if len(parts) > 1:
+                self._long_parts[request.ref] = (request, link, 0)
+            await link.submit(request)
 
     async def run(self, events: trio.MemorySendChannel[ChannelEvent], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for link in self.links:
                 await nursery.start(link.run)
+            self._nursery = nursery
             task_status.started()
             async for event in self._receive:
+                if self._long_parts and isinstance(event, (SubmitAcked, SubmitRejected)):
+                    if self._part_retried(event):
+                        continue
                 out = self._translate(event)
                 if out is not None:
                     await events.send(out)
+
+    def _part_retried(self, event: SubmitAcked | SubmitRejected) -> bool:
+        """Forget an acknowledged part; retry a transiently rejected one (True) while it may."""
+        entry = self._long_parts.pop(event.ref, None)
+        if entry is None or isinstance(event, SubmitAcked) or not event.transient:
+            return False
+        request, link, retries = entry
+        if retries >= PART_RETRIES or self._nursery is None:
+            return False
+        self._long_parts[event.ref] = (request, link, retries + 1)
+        log.info("cmpp part retry channel=%s message_id=%d part=%d result=%d retry=%d", self.name,
+                 event.ref[0], event.ref[1], event.result, retries + 1)
+        self._nursery.start_soon(self._resubmit, request, link, self._part_retry_delay * 2 ** retries)
+        return True
+
+    async def _resubmit(self, request: SubmitRequest, link: CmppLink, delay: float) -> None:
+        await trio.sleep(delay)
+        # The link keeps what it was given across reconnects; if it is down for good, the
+        # lease on the message runs out and the dispatcher claims it again.
+        await link.submit(request)
 
     def _translate(self, event: LinkEvent) -> ChannelEvent | None:
         if isinstance(event, SubmitAcked):

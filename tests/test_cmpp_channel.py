@@ -114,3 +114,20 @@ def test_parts_are_encoded_as_planned():
     assert len(parts[0][2]) == 6 + 134
     parts = encode_parts(msg("a" * 300), 1)
     assert all(f == 0 and len(c) <= 159 for f, _, c in parts)
+
+
+async def test_a_transiently_rejected_part_is_retried_alone(nursery, database_url):
+    # Every part refused with a transient Result (9: "other") 30% of the time: each part is
+    # retried on its own until accepted, so the operator accepts each part exactly once.
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret", fail_rate=0.3, fail_result=9, seed=7)
+    port = await nursery.start(sim.serve, "127.0.0.1", 0)
+    channel = CmppChannel(cmpp_config(port), part_retry_delay=0.01)
+    gw = await start_gateway(nursery, database_url, channels=[channel])
+    long_zh, = await send(gw, {"to": "13800138001", "text": "本周末全场商品八折优惠，欢迎光临。" * 12})
+    await wait_status(gw.store, int(long_zh["id"]), "delivered", timeout=20)
+    assert sim.failed > 0, "the seed must make the simulator refuse some parts"
+    assert sim.accepted == long_zh["parts"]
+    parts = sorted(s.pk_number for s in sim.recent_submits if s.dest_terminal_ids == ("13800138001",))
+    assert set(parts) == set(range(1, long_zh["parts"] + 1)) and len(parts) == long_zh["parts"] + sim.failed
+    history = await gw.store.fetch("SELECT status FROM message_events WHERE message_id = $1", int(long_zh["id"]))
+    assert [r["status"] for r in history].count("queued") == 1  # never given back whole
