@@ -182,6 +182,8 @@ class IsmgSimulator:
         self._rng = random.Random(seed)
         self._start = int(time.time() if start_time is None else start_time)
         self._msg_counter = 0
+        self._msg_id_second = -1
+        self._msg_id_high = 0
         self._smsc_sequence = 0
         self._mo_ref = 0
         # fault injection
@@ -301,13 +303,19 @@ class IsmgSimulator:
     def _next_msg_id(self) -> int:
         n = self._msg_counter
         self._msg_counter += 1
-        tm = time.gmtime(self._start + n // 0x10000)
-        return MsgId(
-            month=tm.tm_mon, day=tm.tm_mday, hour=tm.tm_hour, minute=tm.tm_min,
-            second=tm.tm_sec, gateway=self.gateway_code & 0x3FFFFF, sequence=n & 0xFFFF,
-        ).to_int()
+        second = n >> 16
+        if second != self._msg_id_second:  # the time fields change once per 65,536 ids
+            tm = time.gmtime(self._start + second)
+            self._msg_id_high = MsgId(
+                month=tm.tm_mon, day=tm.tm_mday, hour=tm.tm_hour, minute=tm.tm_min,
+                second=tm.tm_sec, gateway=self.gateway_code & 0x3FFFFF, sequence=0,
+            ).to_int()
+            self._msg_id_second = second
+        return self._msg_id_high | (n & 0xFFFF)
 
     def _pick_outcome(self) -> str:
+        if len(self.outcomes) == 1:
+            return next(iter(self.outcomes))
         words = list(self.outcomes)
         return self._rng.choices(words, weights=[self.outcomes[w] for w in words])[0]
 
@@ -528,10 +536,14 @@ class _SpConnection:
                     smsc_sequence=sim._smsc_sequence,
                 )
                 sim.reports_queued += 1
-                await sim._send_out.send(_Outbound(
+                outbound = _Outbound(
                     due=now + sim.dlr_delay, dest_id=submit.src_id, src_terminal_id=dest,
                     msg_id=sim._next_msg_id(), service_id=submit.service_id, report=report,
-                ))
+                )
+                try:  # no scheduler round trip while the queue has room
+                    sim._send_out.send_nowait(outbound)
+                except trio.WouldBlock:
+                    await sim._send_out.send(outbound)
 
     async def _deliverer(self) -> None:
         """Send queued status reports and MOs over this connection, within the window; those
