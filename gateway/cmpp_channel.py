@@ -191,7 +191,10 @@ class CmppChannel:
                         continue
                 out = self._translate(event)
                 if out is not None:
-                    await events.send(out)
+                    try:  # no scheduler round trip while the dispatcher's buffer has room
+                        events.send_nowait(out)
+                    except trio.WouldBlock:
+                        await events.send(out)
 
     def _part_retried(self, event: SubmitAcked | SubmitRejected) -> bool:
         """Forget an acknowledged part; retry a transiently rejected one (True) while it may."""
