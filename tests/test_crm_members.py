@@ -135,3 +135,20 @@ async def test_csv_export_imports_back_unchanged(store):
     assert (report.bad_rows, report.created, report.updated) == (0, 0, 3)
     assert await list_members(store, mall.id) == before
     assert await export_members(store, mall.id) == exported
+
+
+async def test_seed_demo_is_repeatable_and_hands_out_working_tokens(store):
+    from crm_lite.demo import seed_demo
+    from crm_lite.staff import Role, staff_by_token
+
+    mall = await _merchant(store)
+    first = await seed_demo(store, mall)
+    second = await seed_demo(store, mall)
+    staff = second["staff"]
+    assert {k: (v["phone"], v["role"]) for k, v in staff.items()} == {
+        "owner": ("13900000009", "owner"), "manager": ("13900000008", "manager"), "cashier": ("13900000007", "cashier")}
+    assert await store.fetchval("SELECT count(*) FROM crm_staff WHERE merchant_id = $1", mall.id) == 3
+    cashier = await staff_by_token(store, staff["cashier"]["token"])
+    assert cashier is not None and cashier.role == Role.CASHIER and cashier.approver_id == staff["manager"]["id"]
+    assert await staff_by_token(store, first["staff"]["cashier"]["token"]) is None   # rotated
+    assert second["settings"]["join_keyword"] == "1" and second["settings"]["lottery_keyword"] == "CJ"
