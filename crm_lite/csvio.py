@@ -28,7 +28,7 @@ import msgspec
 from gateway.store import Store
 
 from .errors import CrmError, InvalidInput
-from .members import _allocate_numbers, attribute_definitions
+from .members import allocate_member_numbers, attribute_definitions
 from .profile import READ_ONLY_FIELDS, STANDARD_FIELDS, AttributeDef, Profile, clean_profile, member_no_text
 
 IMPORT_BATCH = 5_000
@@ -177,7 +177,7 @@ async def _write_batch(store: Store, merchant_id: int, batch: list[Profile]) -> 
         new = [p for p in batch if p.phone not in existing]
         inserted: set[str] = set()
         if new:
-            first = await _allocate_numbers(tx, merchant_id, len(new))
+            first = await allocate_member_numbers(tx, merchant_id, len(new))
             inserted = {r["phone"] for r in await tx.fetch(
                 _INSERT, merchant_id, list(range(first, first + len(new))), [p.phone for p in new],
                 *[[_field(p, f) for p in new] for f in ("name", "gender", "birthday", "email", "note")],

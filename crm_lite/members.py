@@ -101,7 +101,7 @@ async def define_attribute(store: Store, merchant_id: int, defn: AttributeDef) -
 # -- members ----------------------------------------------------------------------------------
 
 
-async def _allocate_numbers(tx, merchant_id: int, count: int) -> int:
+async def allocate_member_numbers(tx, merchant_id: int, count: int) -> int:
     """The first of ``count`` consecutive new member numbers (locks the merchant's counter
     until the transaction ends)."""
     await ensure_settings(tx, merchant_id)
@@ -140,7 +140,7 @@ async def join(store: Store, merchant_id: int, phone: str, *, mo_id: int | None 
     existing = await member_by_phone(store, merchant_id, phone)
     if existing is None:
         async with store.transaction() as tx:
-            number = await _allocate_numbers(tx, merchant_id, 1)
+            number = await allocate_member_numbers(tx, merchant_id, 1)
             await tx.execute(
                 "INSERT INTO crm_members (merchant_id, member_no, phone, source, join_mo_id)"
                 " VALUES ($1, $2, $3, 'sms', $4) ON CONFLICT DO NOTHING", merchant_id, number, phone, mo_id)
@@ -158,7 +158,7 @@ async def create_member(store: Store, merchant_id: int, profile: Profile, *, sou
         raise InvalidInput("phone", "phone is required")
     attrs = {k: v for k, v in profile.attributes.items() if v is not None}
     async with store.transaction() as tx:
-        number = await _allocate_numbers(tx, merchant_id, 1)
+        number = await allocate_member_numbers(tx, merchant_id, 1)
         row = await tx.fetchrow(
             "INSERT INTO crm_members (merchant_id, member_no, phone, name, gender, birthday, email, note, attrs,"
             " source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)"
@@ -198,11 +198,17 @@ async def update_member(store: Store, merchant_id: int, member_id: int, profile:
 
 
 async def list_members(store, merchant_id: int, *, phone: str | None = None, group_id: int | None = None,
-                       after: int = 0, limit: int = 100) -> list[Member]:
-    """Members by ascending id after ``after``; with ``group_id``, those in the group or any of
-    its sub-groups."""
+                       subgroups: bool = True, after: int = 0, limit: int = 100) -> list[Member]:
+    """Members by ascending id after ``after``; with ``group_id``, those in the group or (with
+    ``subgroups``) any of its sub-groups."""
     limit = max(1, min(limit, MAX_PAGE))
-    if group_id is not None:
+    if group_id is not None and not subgroups:
+        rows = await store.fetch(
+            f"SELECT {MEMBER_COLUMNS} FROM crm_members WHERE merchant_id = $1 AND id > $3 AND id IN"
+            " (SELECT member_id FROM crm_group_members WHERE group_id = $2)"
+            " AND ($5::text IS NULL OR phone = $5) ORDER BY id LIMIT $4",
+            merchant_id, group_id, after, limit, phone)
+    elif group_id is not None:
         rows = await store.fetch(
             f"WITH RECURSIVE tree(id) AS (SELECT id FROM crm_groups WHERE merchant_id = $1 AND id = $2"
             f"  UNION SELECT g.id FROM crm_groups g JOIN tree t ON g.parent_id = t.id)"
@@ -225,7 +231,7 @@ async def create_group(store: Store, merchant_id: int, name: str, parent_id: int
     if not 1 <= len(name) <= 64:
         raise InvalidInput("name", "a group name is 1 to 64 characters")
     if parent_id is not None:
-        depth = len(await _ancestors(store, merchant_id, parent_id))
+        depth = len(await group_chain(store, merchant_id, parent_id))
         if depth >= MAX_GROUP_DEPTH:
             raise InvalidInput("parent_id", f"groups nest at most {MAX_GROUP_DEPTH} levels deep")
     try:
@@ -236,7 +242,7 @@ async def create_group(store: Store, merchant_id: int, name: str, parent_id: int
     return Group(**dict(row))
 
 
-async def _ancestors(store, merchant_id: int, group_id: int) -> list[int]:
+async def group_chain(store, merchant_id: int, group_id: int) -> list[int]:
     """The group and its ancestors, nearest first; :class:`NotFound` for no such group."""
     rows = await store.fetch(
         "WITH RECURSIVE up(id, parent_id, depth) AS ("
@@ -252,9 +258,9 @@ async def _ancestors(store, merchant_id: int, group_id: int) -> list[int]:
 async def update_group(store: Store, merchant_id: int, group_id: int, *, name: str | None = None,
                        parent_id: int | None | msgspec.UnsetType = msgspec.UNSET) -> Group:
     """Rename or move a group; moving it under itself or one of its sub-groups is refused."""
-    await _ancestors(store, merchant_id, group_id)
+    await group_chain(store, merchant_id, group_id)
     if parent_id is not msgspec.UNSET and parent_id is not None:
-        chain = await _ancestors(store, merchant_id, parent_id)
+        chain = await group_chain(store, merchant_id, parent_id)
         if group_id in chain:
             raise InvalidInput("parent_id", "a group cannot be moved under itself or one of its sub-groups")
     sets, args = [], [merchant_id, group_id]
@@ -300,7 +306,7 @@ async def set_member_groups(store: Store, merchant_id: int, member_id: int, grou
 
 
 async def add_to_group(store: Store, merchant_id: int, group_id: int, member_ids: list[int]) -> None:
-    await _ancestors(store, merchant_id, group_id)
+    await group_chain(store, merchant_id, group_id)
     ids = sorted(set(member_ids))
     found = {r["id"] for r in await store.fetch("SELECT id FROM crm_members WHERE merchant_id = $1 AND id = ANY($2)",
                                                 merchant_id, ids)}
@@ -312,7 +318,7 @@ async def add_to_group(store: Store, merchant_id: int, group_id: int, member_ids
 
 
 async def remove_from_group(store: Store, merchant_id: int, group_id: int, member_id: int) -> bool:
-    await _ancestors(store, merchant_id, group_id)
+    await group_chain(store, merchant_id, group_id)
     status = await store.execute("DELETE FROM crm_group_members WHERE group_id = $1 AND member_id = $2",
                                  group_id, member_id)
     return status.endswith(" 1")

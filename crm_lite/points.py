@@ -66,7 +66,7 @@ def _check_key(key: str) -> None:
         raise InvalidInput("key", f"key is 1 to {MAX_KEY_LENGTH} characters")
 
 
-async def _original(store, merchant_id: int, key: str) -> PointsTx | None:
+async def transaction_by_key(store, merchant_id: int, key: str) -> PointsTx | None:
     row = await store.fetchrow(f"SELECT {_COLUMNS} FROM crm_points_ledger WHERE merchant_id = $1 AND key = $2",
                                merchant_id, key)
     return None if row is None else _tx(row, duplicate=True)
@@ -84,7 +84,7 @@ async def record(store: Store, merchant_id: int, member_id: int, kind: Kind, poi
         raise InvalidInput("points", f"points must be a non-zero whole number of at most {MAX_POINTS}")
     if len(note) > 200:
         raise InvalidInput("note", "a note is at most 200 characters")
-    original = await _original(store, merchant_id, key)
+    original = await transaction_by_key(store, merchant_id, key)
     if original is not None:
         return original
     return await _locked(store, merchant_id, member_id, key,
@@ -102,7 +102,7 @@ async def _locked(store: Store, merchant_id: int, member_id: int, key: str, body
             balance = await tx.fetchval("SELECT balance FROM crm_points_balances WHERE member_id = $1 FOR UPDATE",
                                         member_id)
             # Under the lock: a concurrent call with the same key on this member has committed.
-            seen = await _original(tx, merchant_id, key)
+            seen = await transaction_by_key(tx, merchant_id, key)
             if seen is not None:
                 return seen
             return await body(tx, balance)
@@ -110,7 +110,7 @@ async def _locked(store: Store, merchant_id: int, member_id: int, key: str, body
         # The same key used at the same moment for another member: theirs is the original.
         if exc.constraint != "crm_points_ledger_merchant_id_key_key":
             raise
-        original = await _original(store, merchant_id, key)
+        original = await transaction_by_key(store, merchant_id, key)
         assert original is not None
         return original
 

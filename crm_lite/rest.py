@@ -334,7 +334,7 @@ class MembersApi:
         body = _decode(request.body, GroupBody)
         if body.parent_id is not None:
             try:
-                await members._ancestors(self.store, actor.merchant_id, body.parent_id)
+                await members.group_chain(self.store, actor.merchant_id, body.parent_id)
             except NotFound:
                 raise ApiError(400, "invalid_field", f"parent_id: no group {body.parent_id}", field="parent_id") from None
         return _json(201, await members.create_group(self.store, actor.merchant_id, body.name, body.parent_id))
@@ -349,21 +349,14 @@ class MembersApi:
         actor = await self.actor(request, Permission.MEMBERS_READ)
         query = _query(request)
         group_id = _id(id, "group")
-        await members._ancestors(self.store, actor.merchant_id, group_id)
+        await members.group_chain(self.store, actor.merchant_id, group_id)
         sub = query.get("subgroups", "true").lower()
         if sub not in ("true", "false", "1", "0"):
             raise ApiError(400, "invalid_field", "subgroups is true or false", field="subgroups")
         after = _int_param(query, "after", 0)
         limit = _int_param(query, "limit", 100, low=1, high=members.MAX_PAGE)
-        if sub in ("true", "1"):
-            found = await members.list_members(self.store, actor.merchant_id, group_id=group_id, after=after,
-                                               limit=limit)
-        else:
-            rows = await self.store.fetch(
-                f"SELECT {members.MEMBER_COLUMNS} FROM crm_members WHERE merchant_id = $1 AND id > $3 AND id IN"
-                " (SELECT member_id FROM crm_group_members WHERE group_id = $2) ORDER BY id LIMIT $4",
-                actor.merchant_id, group_id, after, limit)
-            found = [members.member_from_row(r) for r in rows]
+        found = await members.list_members(self.store, actor.merchant_id, group_id=group_id,
+                                           subgroups=sub in ("true", "1"), after=after, limit=limit)
         return await self._page(found, limit)
 
     async def add_group_members(self, request: Request, *, id: str) -> Response:
@@ -411,7 +404,7 @@ class MembersApi:
         group_id = None
         if group is not None:
             group_id = _int_param(query, "group", 0)
-            await members._ancestors(self.store, actor.merchant_id, group_id)
+            await members.group_chain(self.store, actor.merchant_id, group_id)
         limit = _int_param(query, "limit", 100, low=1, high=members.MAX_PAGE)
         found = await members.list_members(self.store, actor.merchant_id, phone=phone, group_id=group_id,
                                            after=_int_param(query, "after", 0), limit=limit)
@@ -434,7 +427,7 @@ class MembersApi:
     async def _check_groups(self, merchant_id: int, group_ids: list[int]) -> None:
         for g in group_ids:
             try:
-                await members._ancestors(self.store, merchant_id, g)
+                await members.group_chain(self.store, merchant_id, g)
             except NotFound:
                 raise ApiError(400, "invalid_field", f"groups: no group {g}", field="groups") from None
 
@@ -499,7 +492,7 @@ class MembersApi:
         member = await self._target(actor.merchant_id, body.member, body.phone)
         earned = points.points_for_purchase(body.amount_fen, (await settings_for(self.store, actor.merchant_id)).points_per_yuan)
         if earned == 0:
-            original = await points._original(self.store, actor.merchant_id, body.key)
+            original = await points.transaction_by_key(self.store, actor.merchant_id, body.key)
             if original is not None:
                 return _json(200, original)
             return _json(200, {"member_id": member.id, "points": 0, "balance": await points.balance_of(
