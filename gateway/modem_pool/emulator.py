@@ -11,7 +11,8 @@ status report request with ``+CDS``.
 Faults are chosen by constructor arguments: ``send_error`` (``+CMS ERROR`` on every send, or
 on the first ``send_error_count`` sends),
 ``no_answer``, ``garbage`` (bytes before every answer), ``answer_delay`` and ``byte_delay``
-(slow answers, dribbled byte by byte), ``storage_slots`` (a small or full SIM), and
+(slow answers, dribbled byte by byte), ``send_delay`` (the network time of a send, between
+the PDU and ``+CMGS``: 2-6 s on real SIMs), ``storage_slots`` (a small or full SIM), and
 :meth:`ModemEmulator.unplug` / :meth:`ModemEmulator.replug`.
 """
 
@@ -53,6 +54,7 @@ __all__ = [
     "HandsetNetwork",
     "InboxMessage",
     "ModemEmulator",
+    "NetworkStatistics",
 ]
 
 #: Longest command line or PDU body the emulator accepts before discarding it.
@@ -63,6 +65,8 @@ OUTPUT_QUEUE_SIZE = 256
 MAX_WAITING_DELIVERIES = 64
 #: Messages kept per handset inbox.
 MAX_INBOX = 1000
+#: SMS-SUBMITs an emulator keeps in :attr:`ModemEmulator.sent`.
+MAX_SENT_KEPT = 1000
 
 _NETWORK_TZ = timezone(timedelta(hours=8))
 _CTRL_Z = 0x1A
@@ -86,6 +90,23 @@ class InboxMessage:
     parts: int
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkStatistics:
+    """Counts of what the simulated network carried, in SMS parts (PDUs).
+
+    ``submitted``: SMS-SUBMITs taken from modems; ``delivered``: of those, parts handed to a
+    handset or a modem; ``undeliverable``: parts for an unreachable number;
+    ``status_reports``: SMS-STATUS-REPORTs sent back to modems; ``mo``: parts handsets sent
+    to modems.
+    """
+
+    submitted: int
+    delivered: int
+    undeliverable: int
+    status_reports: int
+    mo: int
+
+
 class HandsetNetwork:
     """In-process stand-in for the mobile network: handsets, modems and the SMSC.
 
@@ -100,6 +121,11 @@ class HandsetNetwork:
         self._reassemblers: dict[str, Reassembler] = {}
         self._unreachable = frozenset(national(n) for n in unreachable)
         self._ref = 0
+        self._submitted = 0
+        self._delivered = 0
+        self._undeliverable = 0
+        self._status_reports = 0
+        self._mo = 0
 
     def attach(self, number: str, modem: ModemEmulator) -> None:
         self._modems[national(number)] = modem
@@ -109,6 +135,20 @@ class HandsetNetwork:
 
     def inbox(self, number: str) -> list[InboxMessage]:
         return list(self._inboxes.get(national(number), ()))
+
+    @property
+    def modems(self) -> dict[str, ModemEmulator]:
+        """The attached modems by national number (a copy)."""
+        return dict(self._modems)
+
+    def statistics(self) -> NetworkStatistics:
+        return NetworkStatistics(
+            submitted=self._submitted,
+            delivered=self._delivered,
+            undeliverable=self._undeliverable,
+            status_reports=self._status_reports,
+            mo=self._mo,
+        )
 
     def send_from_handset(self, sender: str, to: str, text: str) -> int:
         """A handset texts ``to`` (an emulated modem); returns the number of parts sent."""
@@ -122,14 +162,17 @@ class HandsetNetwork:
             modem.accept_deliver(
                 Deliver(originator=originator, user_data=part, scts=self._now())
             )
+        self._mo += len(parts)
         return len(parts)
 
     def route(self, sender: ModemEmulator, submit: Submit, mr: int) -> None:
         """Carry one SMS-SUBMIT from ``sender``; a status report follows if it asked."""
         target = national(submit.destination.number)
         status = TpStatus.DELIVERED
+        self._submitted += 1
         if target in self._unreachable:
             status = TpStatus.NOT_OBTAINABLE
+            self._undeliverable += 1
         elif target in self._modems:
             self._modems[target].accept_deliver(
                 Deliver(
@@ -140,7 +183,10 @@ class HandsetNetwork:
             )
         else:
             self._to_handset(target, sender.number, submit)
+        if status == TpStatus.DELIVERED:
+            self._delivered += 1
         if submit.status_report:
+            self._status_reports += 1
             now = self._now()
             sender.accept_status_report(
                 StatusReport(
@@ -237,6 +283,7 @@ class ModemEmulator:
         no_answer: bool = False,
         garbage: bytes = b"",
         answer_delay: float = 0.0,
+        send_delay: float = 0.0,
         byte_delay: float = 0.0,
         boot_banner: bytes = b"",
         link_path: str | os.PathLike[str] | None = None,
@@ -251,6 +298,7 @@ class ModemEmulator:
         self.no_answer = no_answer
         self.garbage = garbage
         self.answer_delay = answer_delay
+        self.send_delay = send_delay
         self.byte_delay = byte_delay
         self.boot_banner = boot_banner
         self._pin = pin
@@ -263,7 +311,9 @@ class ModemEmulator:
         self._unplugged = trio.Event()
         self._replugged = trio.Event()
         self._device: str | None = None
-        self.sent: list[Submit] = []
+        #: The last SMS-SUBMITs this modem took (bounded); ``sent_count`` counts them all.
+        self.sent: deque[Submit] = deque(maxlen=MAX_SENT_KEPT)
+        self.sent_count = 0
         self._last_sent: tuple[Submit, int] | None = None
         self._reset_settings()
 
@@ -399,6 +449,8 @@ class ModemEmulator:
                 if self.answer_delay > 0:
                     await trio.sleep(self.answer_delay)
                 if kind == "body":
+                    if self.send_delay > 0:
+                        await trio.sleep(self.send_delay)  # the network round trip of a send
                     answer = self._on_body(text)
                 elif kind == "cancel":
                     self._pending_cmgs = None
@@ -561,6 +613,7 @@ class ModemEmulator:
         mr = self._mr
         self._mr = (self._mr + 1) % 256
         self.sent.append(submit)
+        self.sent_count += 1
         self._last_sent = (submit, mr)
         return self._final("OK", f"+CMGS: {mr}")
 
