@@ -9,10 +9,11 @@ to a simulated handset inbox or to another emulated modem (as ``+CMTI``) and ans
 status report request with ``+CDS``.
 
 Faults are chosen by constructor arguments: ``send_error`` (``+CMS ERROR`` on every send, or
-on the first ``send_error_count`` sends),
-``no_answer``, ``garbage`` (bytes before every answer), ``answer_delay`` and ``byte_delay``
-(slow answers, dribbled byte by byte), ``send_delay`` (the network time of a send, between
-the PDU and ``+CMGS``: 2-6 s on real SIMs), ``storage_slots`` (a small or full SIM), and
+on the first ``send_error_count`` sends), ``no_answer``, ``garbage`` (bytes before every
+answer), ``answer_delay`` and ``byte_delay`` (slow answers, dribbled byte by byte),
+``send_delay`` (the network time of a send, between the PDU and ``+CMGS``: 2-6 s on real
+SIMs), ``storage_slots`` (a small or full SIM), ``cnma_timeout`` (with ``AT+CSMS=1``, a
+direct ``+CMT``/``+CDS`` not acknowledged by ``AT+CNMA`` in time is delivered again), and
 :meth:`ModemEmulator.unplug` / :meth:`ModemEmulator.replug`.
 """
 
@@ -285,6 +286,7 @@ class ModemEmulator:
         answer_delay: float = 0.0,
         send_delay: float = 0.0,
         byte_delay: float = 0.0,
+        cnma_timeout: float = 10.0,
         boot_banner: bytes = b"",
         link_path: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -299,6 +301,10 @@ class ModemEmulator:
         self.garbage = garbage
         self.answer_delay = answer_delay
         self.send_delay = send_delay
+        self.cnma_timeout = cnma_timeout
+        #: ``+CMT``/``+CDS`` delivered again for want of ``AT+CNMA``.
+        self.redelivered = 0
+        self._ack_changed = trio.Event()
         self.byte_delay = byte_delay
         self.boot_banner = boot_banner
         self._pin = pin
@@ -355,7 +361,7 @@ class ModemEmulator:
         """An SMS-DELIVER from the network (TS 27.005 §3.4.1 routing by AT+CNMI <mt>)."""
         pdu = encode_deliver(deliver)
         if self._cnmi_mt in (2, 3):
-            self._urc(f"+CMT: ,{cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
+            self._route_direct(f"+CMT: ,{cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
             return
         index = self._store(MessageStat.REC_UNREAD, pdu)
         if index is None:
@@ -368,13 +374,42 @@ class ModemEmulator:
         """An SMS-STATUS-REPORT from the network (routed by AT+CNMI <ds>)."""
         pdu = encode_status_report(report)
         if self._cnmi_ds == 1:
-            self._urc(f"+CDS: {cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
+            self._route_direct(f"+CDS: {cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
         elif self._cnmi_ds == 2:
             index = self._store(MessageStat.REC_UNREAD, pdu)
             if index is not None:
                 self._urc(f'+CDSI: "SM",{index}')
 
     # ---------------------------------------------------------------- pty plumbing
+
+    def _route_direct(self, urc: str) -> None:
+        """A ``+CMT``/``+CDS`` straight to the DTE. With ``AT+CSMS=1`` each needs ``AT+CNMA``
+        (TS 27.005 §3.4.4): the next is held until then, and one left unacknowledged for
+        ``cnma_timeout`` seconds is delivered again, as the network would."""
+        if self._csms == 0:
+            self._urc(urc)
+            return
+        self._awaiting_ack.append(urc)
+        if len(self._awaiting_ack) == 1:
+            self._emit_awaiting()
+
+    def _emit_awaiting(self) -> None:
+        self._urc(self._awaiting_ack[0])
+        self._ack_deadline = trio.current_time() + self.cnma_timeout
+        self._ack_changed.set()
+
+    async def _redeliver_unacknowledged(self) -> None:
+        while True:
+            self._ack_changed = trio.Event()
+            deadline = self._ack_deadline if self._awaiting_ack else None
+            if deadline is None:
+                await self._ack_changed.wait()
+                continue
+            with trio.move_on_at(deadline) as scope:
+                await self._ack_changed.wait()
+            if scope.cancelled_caught and self._awaiting_ack:
+                self.redelivered += 1
+                self._emit_awaiting()
 
     def _reset_settings(self) -> None:
         self._sim_ready = self._pin is None
@@ -384,6 +419,9 @@ class ModemEmulator:
         self._cnmi_mt = 0
         self._cnmi_ds = 0
         self._pending_cmgs: int | None = None
+        self._csms = 0
+        self._awaiting_ack: deque[str] = deque()
+        self._ack_deadline: float | None = None
 
     async def _power_cycle(self, task_status) -> None:
         self._reset_settings()
@@ -403,6 +441,7 @@ class ModemEmulator:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream, receive)
                 nursery.start_soon(self._reader, stream)
+                nursery.start_soon(self._redeliver_unacknowledged)
                 if self.boot_banner:
                     self._write(self.boot_banner)
                 if task_status is not None:
@@ -551,7 +590,20 @@ class ModemEmulator:
         if upper == "+CNUM":
             return self._final("OK", f'+CNUM: "","{self.number}",145')
         if upper == "+CNMA":
+            if not self._awaiting_ack:
+                return self._cms(340)  # no +CNMA acknowledgement expected
+            self._awaiting_ack.popleft()
+            self._ack_deadline = None
+            if self._awaiting_ack:
+                self._emit_awaiting()
             return self._final("OK")
+        if name == "+CSMS":
+            if upper == "+CSMS?":
+                return self._final("OK", f"+CSMS: {self._csms},1,1,1")
+            if arg not in ("0", "1"):
+                return self._cms(302)
+            self._csms = int(arg)
+            return self._final("OK", "+CSMS: 1,1,1")
         if name == "+CMGS" and arg.isdigit():
             if not self._pdu_mode:
                 return self._cms(302)
