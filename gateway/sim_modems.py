@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from gateway.errors import GatewayError
-from gateway.modem_pool.emulator import HandsetNetwork, ModemEmulator
+from gateway.modem_pool.emulator import HandsetNetwork, ModemEmulator, national
 from gateway.modem_pool.pdu import mask_number
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,21 @@ class ModemsRequest(_Request, tag="modems"):
     """The modems attached to the network."""
 
 
-_REQUEST_DECODER = msgspec.json.Decoder(MoRequest | InboxRequest | StatsRequest | ModemsRequest)
+class UnplugRequest(_Request, tag="unplug"):
+    """Pull out the modem with this number (its pty closes): fault injection."""
+
+    number: str
+
+
+class ReplugRequest(_Request, tag="replug"):
+    """Plug the modem with this number back in (a fresh pty at the same path)."""
+
+    number: str
+
+
+_REQUEST_DECODER = msgspec.json.Decoder(
+    MoRequest | InboxRequest | StatsRequest | ModemsRequest | UnplugRequest | ReplugRequest
+)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -172,6 +186,8 @@ def handle_request(network: HandsetNetwork, line: bytes) -> bytes:
     * ``{"op": "stats"}`` - answer ``{"ok": true, "submitted", "delivered", "undeliverable",
       "status_reports", "mo", "modems": [{"number", "device", "sent"}]}`` (counts in parts).
     * ``{"op": "modems"}`` - answer ``{"ok": true, "modems": [{"number", "device", "sent"}]}``.
+    * ``{"op": "unplug", "number": "18610000000"}`` / ``{"op": "replug", ...}`` - pull a
+      modem out (its pty closes) or plug it back in; answer ``{"ok": true}``.
 
     Errors: ``{"ok": false, "error": {"code": "bad_request" | "unknown_number", "message"}}``.
     """
@@ -196,6 +212,18 @@ def handle_request(network: HandsetNetwork, line: bytes) -> bytes:
     elif isinstance(request, StatsRequest):
         answer = {"ok": True, **dataclasses.asdict(network.statistics()),
                   "modems": _modem_list(network)}
+    elif isinstance(request, (UnplugRequest, ReplugRequest)):
+        emulator = network.modems.get(national(request.number))
+        if emulator is None:
+            answer = _error("unknown_number", f"no emulated modem has number {request.number}", request.id)
+        else:
+            if isinstance(request, UnplugRequest):
+                emulator.unplug()
+            else:
+                emulator.replug()
+            logger.info("handset network %s modem=%s",
+                        "unplug" if isinstance(request, UnplugRequest) else "replug", emulator.name)
+            answer = {"ok": True}
     else:
         answer = {"ok": True, "modems": _modem_list(network)}
     if request.id is not None and answer.get("ok"):
@@ -308,6 +336,12 @@ class HandsetClient:
 
     async def modems(self) -> list[dict[str, Any]]:
         return (await self.request("modems"))["modems"]
+
+    async def unplug(self, number: str) -> None:
+        await self.request("unplug", number=number)
+
+    async def replug(self, number: str) -> None:
+        await self.request("replug", number=number)
 
 
 @asynccontextmanager

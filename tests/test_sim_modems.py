@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from gateway.modem_pool.emulator import HandsetNetwork
+from gateway.modem_pool.errors import ModemUnavailable
 from gateway.modem_pool.modem import Modem
 from gateway.modem_pool.at import NewMessage
 from gateway.modem_pool.pdu import decode_deliver
@@ -170,3 +171,34 @@ def test_cli_refuses_a_bad_listen_address():
         capture_output=True, timeout=30)
     assert proc.returncode == 2
     assert b"--network-listen" in proc.stderr
+
+
+async def test_unplug_and_replug_from_another_process(nursery):
+    with trio.fail_after(DEADLINE):
+        _, modems, port = await start_network(nursery, count=1)
+        number, device = modems[0].number, modems[0].device
+        stream = SerialStream.open(device)
+        modem = Modem(stream, name="m1")
+        async with open_handset_client("127.0.0.1", port) as client:
+            with pytest.raises(ExceptionGroup) as info:
+                async with trio.open_nursery() as inner:
+                    await inner.start(modem.run)
+                    await modem.initialize()
+                    await client.unplug(number)
+                    await trio.sleep_forever()  # until the reader sees the device go
+            assert info.group_contains(ModemUnavailable)
+            await stream.aclose()
+            await client.replug(number)
+            await trio.sleep(0.2)
+            listed = await client.modems()  # a fresh pty (the kernel may reuse the number)
+            replugged = SerialStream.open(listed[0]["device"])
+            modem = Modem(replugged, name="m1")
+            async with trio.open_nursery() as inner:
+                await inner.start(modem.run)
+                status = await modem.initialize()
+                assert status.own_number == number
+                inner.cancel_scope.cancel()
+            await replugged.aclose()
+            with pytest.raises(HandsetProtocolError) as info:
+                await client.unplug("18699999999")
+            assert info.value.code == "unknown_number"

@@ -249,6 +249,8 @@ class ModemStatistics:
     queued: int
     consecutive_errors: int
     own_number: str | None
+    in_flight: int | None = None
+    """The ref of the send on the modem now, if any."""
 
 
 class _Hung(ModemError):
@@ -410,6 +412,7 @@ class ModemPool:
                     queued=s.load,
                     consecutive_errors=s.consecutive_errors,
                     own_number=s.own_number,
+                    in_flight=s.in_flight.ref if s.in_flight is not None else None,
                 )
             )
         return out
