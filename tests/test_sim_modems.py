@@ -143,7 +143,7 @@ async def test_cli_serves_modems_and_the_network_to_another_process():
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "--log-level", "WARNING", "sim", "modems", "--count", "2",
          "--network-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         lines = [_read_line(proc, 20).split() for _ in range(3)]
         assert [len(line) for line in lines[:2]] == [2, 2]

@@ -610,16 +610,26 @@ class ModemPool:
 
     async def _send_loop(self, slot: _Slot, modem: Modem) -> None:
         while True:
+            if not slot.queue and not self._orphan_waiting(slot):
+                await slot.wakeup.wait()
+                continue
+            # The request is picked when the SIM's rate allows a send, not before: an orphan
+            # goes out on the first modem of its operator whose rate allows, not behind a
+            # request that a modem holds while it waits for its token.
+            while (wait := slot.bucket.wait(trio.current_time())) > 0:
+                await trio.sleep(wait)
             request = self._take_orphan(slot)
             if request is None:
                 if not slot.queue:
-                    await slot.wakeup.wait()
                     continue
                 request = slot.queue.popleft()
             slot.in_flight = request
             await self._send_one(slot, modem, request)
             slot.in_flight = None
             self._notify()
+
+    def _orphan_waiting(self, slot: _Slot) -> bool:
+        return slot.healthy and any(r.operator in slot.spec.operators for r in self._orphans)
 
     async def _take_token(self, slot: _Slot) -> None:
         while not slot.bucket.take(trio.current_time()):
