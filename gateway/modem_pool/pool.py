@@ -422,13 +422,21 @@ class ModemPool:
 
         The caller's cancel scope bounds the wait. Choice (:func:`policy.choose`): a healthy
         modem serving the request's operator with daily quota left, least loaded, soonest
-        rate token.
+        rate token. When no healthy modem serves the operator, or all of them have spent
+        their daily quota, the request is not held: a transient :class:`SendFailed` gives it
+        back to the caller at once (to retry later, or elsewhere).
         """
         while True:
             slot = self._choose(request)
             if slot is not None:
                 slot.queue.append(request)
                 slot.wake()
+                return
+            if not self._servable(request):
+                await self._emit(SendFailed(
+                    ref=request.ref, transient=True,
+                    reason=f"no usable modem with quota left serves {request.operator}",
+                ))
                 return
             # Changes wake us; a new local day (quotas start again) is seen within a recheck.
             with trio.move_on_after(_RECHECK):
