@@ -2,10 +2,13 @@
 
 One supervised task per modem opens its device (:class:`SerialStream`), runs
 :meth:`Modem.initialize` and serves sends one at a time, paced by a token bucket on
-:func:`trio.current_time` (SPEC: per-SIM rate and daily quota). A modem whose command times
-out is reset and reopened; one whose device is gone leaves the pool and is reopened with
-backoff. The send in flight on a lost modem, and those queued on it, go back to selection:
-nothing is lost, at most the one send in flight is repeated.
+:func:`trio.current_time` (SPEC: per-SIM rate and daily quota, counted per local day). The
+choice of modem and the rate are the pure :mod:`gateway.modem_pool.policy`. A modem whose
+command times out is reset (port closed and reopened, start-up run again); one whose device
+is gone leaves the pool and is reopened with backoff. The send in flight on a lost modem,
+and those queued on it, are taken by the next modem of their operator whose rate allows,
+ahead of its own queue, or given back to the caller as transient failures when no healthy
+modem serves their operator: nothing is lost, at most the one send in flight is repeated.
 
 Incoming (TS 27.005 §3.4.1): ``+CMTI`` → ``AT+CMGR`` → :class:`Reassembler` →
 :class:`ModemMo`; the stored parts are deleted (``AT+CMGD``) only after the consumer calls
@@ -463,16 +466,24 @@ class ModemPool:
         )
         return self._slots[name] if name is not None else None
 
-    def _take_orphan(self, slot: _Slot) -> SendRequest | None:
-        """The oldest orphan ``slot`` can send (operator and quota), taken off the list."""
+    def _orphan_for(self, slot: _Slot) -> int | None:
+        """Index of the oldest orphan ``slot`` can send (operator and quota), if any."""
         if not self._orphans or not slot.healthy:
             return None
         room = slot.quota_room(self.today())
         for i, request in enumerate(self._orphans):
             if request.operator in slot.spec.operators and len(request.parts) <= room:
-                del self._orphans[i]
-                return request
+                return i
         return None
+
+    def _take_orphan(self, slot: _Slot) -> SendRequest | None:
+        """The oldest orphan ``slot`` can send, taken off the list."""
+        i = self._orphan_for(slot)
+        if i is None:
+            return None
+        request = self._orphans[i]
+        del self._orphans[i]
+        return request
 
     def _servable(self, request: SendRequest) -> bool:
         """Whether some healthy modem of the request's operator has quota for it today."""
@@ -618,7 +629,7 @@ class ModemPool:
 
     async def _send_loop(self, slot: _Slot, modem: Modem) -> None:
         while True:
-            if not slot.queue and not self._orphan_waiting(slot):
+            if not slot.queue and self._orphan_for(slot) is None:
                 await slot.wakeup.wait()
                 continue
             # The request is picked when the SIM's rate allows a send, not before: an orphan
@@ -628,16 +639,14 @@ class ModemPool:
                 await trio.sleep(wait)
             request = self._take_orphan(slot)
             if request is None:
-                if not slot.queue:
+                if not slot.queue:  # another modem took the orphan first
+                    await trio.lowlevel.checkpoint()
                     continue
                 request = slot.queue.popleft()
             slot.in_flight = request
             await self._send_one(slot, modem, request)
             slot.in_flight = None
             self._notify()
-
-    def _orphan_waiting(self, slot: _Slot) -> bool:
-        return slot.healthy and any(r.operator in slot.spec.operators for r in self._orphans)
 
     async def _take_token(self, slot: _Slot) -> None:
         while not slot.bucket.take(trio.current_time()):
