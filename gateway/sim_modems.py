@@ -318,7 +318,12 @@ class HandsetClient:
                 self._buffer += data
             line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
-        answer = msgspec.json.decode(line)
+        try:
+            answer = msgspec.json.decode(line)
+        except msgspec.DecodeError as exc:
+            raise HandsetProtocolError("bad_answer", f"not JSON: {exc}") from None
+        if not isinstance(answer, dict):
+            raise HandsetProtocolError("bad_answer", "not a JSON object")
         if not answer.get("ok"):
             error = answer.get("error") or {}
             raise HandsetProtocolError(error.get("code", "error"), error.get("message", ""))

@@ -10,7 +10,6 @@ import trio
 
 from gateway.channel import (
     DeliveryReport,
-    LinkState,
     MoReceived,
     OutboundMessage,
     Status,
