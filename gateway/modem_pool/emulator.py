@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import tty
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -304,6 +304,8 @@ class ModemEmulator:
         self.cnma_timeout = cnma_timeout
         #: ``+CMT``/``+CDS`` delivered again for want of ``AT+CNMA``.
         self.redelivered = 0
+        #: Commands received, by name without ``AT`` and arguments (``+CSQ``, ``+CMGS``).
+        self.commands: Counter[str] = Counter()
         self._ack_changed = trio.Event()
         self.byte_delay = byte_delay
         self.boot_banner = boot_banner
@@ -540,6 +542,7 @@ class ModemEmulator:
         cmd = text[2:]
         upper = cmd.upper()
         name, _, arg = upper.partition("=")
+        self.commands[name] += 1
         if upper == "":
             return self._final("OK")
         if upper in ("E0", "E1", "E"):

@@ -361,3 +361,23 @@ async def test_unacknowledged_direct_mo_is_left_for_redelivery(nursery, tmp_path
             assert first.text == again.text == "keep me"
             assert emulators["m1"].redelivered == 1
             again.ack()
+
+
+async def test_health_is_polled_only_while_no_send_proves_it(nursery, tmp_path):
+    network = HandsetNetwork()
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, [("m1", "+8618600000011", ["cucc"], {})],
+                                health_interval=0.5) as (pool, emulators):
+            commands = emulators["m1"].commands
+            polls = commands["+CSQ"]
+            assert polls == 1  # the start-up sequence
+            end = trio.current_time() + 1.6
+            ref = 0
+            while trio.current_time() < end:  # busy: a send every 0.1 s
+                ref += 1
+                await pool.send(request(ref, f"busy {ref}"))
+                await next_event(pool, PartSent)
+                await trio.sleep(0.1)
+            assert commands["+CSQ"] == polls and commands["+CMGS"] == ref
+            await trio.sleep(1.3)  # idle: polled again
+            assert commands["+CSQ"] >= polls + 1 and commands["+CREG?"] >= 2
