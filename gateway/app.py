@@ -79,7 +79,7 @@ def build_channels(config: Config) -> list[Channel]:
 
     channels: list[Channel] = [CmppChannel(c) for c in config.cmpp]
     if config.modems:
-        channels.append(ModemChannel(config.modems))
+        channels.append(ModemChannel(config.modems, timezone=config.dispatcher.timezone))
     return channels
 
 
@@ -99,6 +99,10 @@ async def serve_gateway(
         for merchant in config.merchants:
             owner = await store.ensure_account(merchant.account)
             await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
+        for channel in channels:
+            attach = getattr(channel, "attach_quota_store", None)
+            if attach is not None:  # SIM daily counts survive restarts
+                attach(store)
         metrics = Metrics()
         bus = EventBus()
         store.events = bus

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -106,20 +107,43 @@ def cmd_sim_ismg(args: argparse.Namespace) -> None:
     trio.run(_until_signal, serve)
 
 
+def _network_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT`` (host 127.0.0.1) for ``--network-listen``."""
+    from .config import split_listen
+
+    text = value.strip()
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    elif text.startswith(":"):
+        text = f"127.0.0.1{text}"
+    try:
+        return split_listen(text)
+    except GatewayError as exc:
+        raise GatewayError(f"--network-listen: {exc}") from None
+
+
 def cmd_sim_modems(args: argparse.Namespace) -> None:
-    from .sim_modems import serve_sim_modems
+    from .modem_pool.emulator import HandsetNetwork
+    from .sim_modems import serve_handset_network, serve_sim_modems
 
     if args.count < 1 or args.count > 256:
         raise GatewayError("--count must be between 1 and 256")
-    if args.network_listen:
-        raise GatewayError("--network-listen (handsets in another process) is not available yet; "
-                           "the modems share an in-process handset network")
+    if args.send_delay < 0:
+        raise GatewayError("--send-delay must not be negative")
+    listen = _network_listen(args.network_listen) if args.network_listen else None
 
     async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        network = HandsetNetwork()
         async with trio.open_nursery() as nursery:
-            modems = await nursery.start(serve_sim_modems, args.count)
+            modems = await nursery.start(functools.partial(
+                serve_sim_modems, args.count, network=network, send_delay=args.send_delay))
             for m in modems:
                 print(f"{m.device} {m.number}", flush=True)
+            if listen is not None:
+                host, port = listen
+                bound = await nursery.start(serve_handset_network, network, host, port)
+                shown = f"[{host}]" if ":" in host else host
+                print(f"handset network listening on {shown}:{bound}", flush=True)
             task_status.started()
 
     trio.run(_until_signal, serve)
@@ -157,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     si.set_defaults(func=cmd_sim_ismg)
     sm = simsub.add_parser("modems", help="emulated GSM modems on pseudo-terminals")
     sm.add_argument("--count", type=int, required=True, help="how many modems")
-    sm.add_argument("--network-listen", help="HOST:PORT of a handset network for other processes (not yet)")
+    sm.add_argument("--network-listen", metavar="HOST:PORT",
+                    help="serve the simulated handset network on HOST:PORT (JSON lines; host defaults to "
+                         "127.0.0.1, port 0 picks a free one) so other processes can text the modems, "
+                         "read handsets' inboxes and get counts")
+    sm.add_argument("--send-delay", type=float, default=0.0, metavar="SECONDS",
+                    help="network time of each send, between the PDU and +CMGS (default 0; real SIMs: 2-6)")
     sm.set_defaults(func=cmd_sim_modems)
 
     m = sub.add_parser("migrate", help="apply database schema migrations")

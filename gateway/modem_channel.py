@@ -4,12 +4,20 @@ Pool events become :mod:`gateway.channel` events: each part sent is ``Submitted`
 ref ``"{modem}:{tp_mr}:{dest}"``, the key a status report is correlated by; a final report
 is a ``DeliveryReport`` under the same ref; an MO is ``MoReceived`` and is acknowledged to
 the pool (so deleted from the SIM) once the dispatcher's event queue has taken it.
+
+Daily quotas count per local day in ``timezone`` (the dispatcher's, default Asia/Shanghai).
+With a ``quota_store`` (the :class:`gateway.store.Store`, or anything with its two
+``modem quotas`` methods) the counts survive a restart: they are loaded before the first
+send and the parts sent are added to them every :data:`QUOTA_SAVE_INTERVAL` seconds and at
+stop.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import date
+from typing import Protocol
 
 import trio
 
@@ -24,8 +32,10 @@ from gateway.channel import (
     SubmitFailed,
 )
 from gateway.config import ModemConfig
+from gateway.errors import StoreError
 from gateway.modem_pool.pdu import Alphabet, StatusClass
 from gateway.modem_pool.pool import (
+    DEFAULT_TIMEZONE,
     ModemDown,
     ModemMo,
     ModemPool,
@@ -40,7 +50,21 @@ from gateway.text import Encoding
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModemChannel", "part_ref"]
+__all__ = ["QUOTA_SAVE_INTERVAL", "ModemChannel", "QuotaStore", "part_ref"]
+
+#: Seconds between writes of the parts sent to the quota store (at most this much of a
+#: day's count is forgotten if the process is killed outright).
+QUOTA_SAVE_INTERVAL = 1.0
+#: Seconds the last write of the counts may take when the channel stops.
+QUOTA_SAVE_TIMEOUT = 5.0
+
+
+class QuotaStore(Protocol):
+    """Where SIM daily counts persist (:class:`gateway.store.Store` has these methods)."""
+
+    async def modem_sent_counts(self, day: date) -> dict[str, int]: ...
+
+    async def add_modem_sent(self, counts: Sequence[tuple[str, date, int]]) -> None: ...
 
 
 def part_ref(modem: str, tp_mr: int, destination: str) -> str:
@@ -51,8 +75,18 @@ def part_ref(modem: str, tp_mr: int, destination: str) -> str:
 class ModemChannel:
     """A :class:`gateway.channel.Channel` over a :class:`ModemPool`."""
 
-    def __init__(self, modems: Sequence[ModemConfig], *, name: str = "modems", **pool_options) -> None:
+    def __init__(
+        self,
+        modems: Sequence[ModemConfig],
+        *,
+        name: str = "modems",
+        timezone: str = DEFAULT_TIMEZONE,
+        quota_store: QuotaStore | None = None,
+        **pool_options,
+    ) -> None:
         self.name = name
+        self.quota_store = quota_store
+        self._unsaved: dict[tuple[str, str], int] = {}
         self._configs = {m.name: m for m in modems}
         self.pool = ModemPool(
             [
@@ -67,6 +101,7 @@ class ModemChannel:
                 )
                 for m in modems
             ],
+            timezone=timezone,
             **pool_options,
         )
         self.operators = self.pool.operators
@@ -99,20 +134,68 @@ class ModemChannel:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.pool.run)
-            task_status.started()
-            async for event in self.pool.events:
-                for out in self._translate(event):
-                    await events.send(out)
-                if isinstance(event, ModemMo):
-                    event.ack()
-                if self.up != self._was_up:
-                    self._was_up = self.up
-                    await events.send(
-                        LinkState(channel=self.name, up=self._was_up,
-                                  detail=f"{self.pool.usable} modem(s) usable")
-                    )
+        if self.quota_store is not None:
+            await self._load_counts(self.quota_store)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.pool.run)
+                if self.quota_store is not None:
+                    nursery.start_soon(self._save_counts_every, self.quota_store)
+                task_status.started()
+                await self._forward(events)
+        finally:
+            if self.quota_store is not None:
+                with trio.move_on_after(QUOTA_SAVE_TIMEOUT, shield=True):
+                    await self._save_counts(self.quota_store)
+
+    def attach_quota_store(self, store: QuotaStore) -> None:
+        """Persist daily counts in ``store`` (call before :meth:`run`)."""
+        self.quota_store = store
+
+    async def _load_counts(self, store: QuotaStore) -> None:
+        day = self.pool.today()
+        try:
+            counts = await store.modem_sent_counts(date.fromisoformat(day))
+        except StoreError as exc:
+            logger.warning("modem quota counts not loaded; counting from 0 day=%s error=%s", day, exc)
+            return
+        self.pool.seed_counts(day, counts)
+        logger.info("modem quota counts loaded day=%s modems=%d sent=%d", day, len(counts), sum(counts.values()))
+
+    async def _save_counts_every(self, store: QuotaStore) -> None:
+        while True:
+            await trio.sleep(QUOTA_SAVE_INTERVAL)
+            await self._save_counts(store)
+
+    async def _save_counts(self, store: QuotaStore) -> None:
+        if not self._unsaved:
+            return
+        batch, self._unsaved = self._unsaved, {}
+        try:
+            await store.add_modem_sent(
+                [(modem, date.fromisoformat(day), n) for (modem, day), n in batch.items()]
+            )
+        except StoreError as exc:
+            for key, n in batch.items():  # kept for the next try
+                self._unsaved[key] = self._unsaved.get(key, 0) + n
+            logger.warning("modem quota counts not saved, will retry parts=%d error=%s",
+                           sum(batch.values()), exc)
+
+    async def _forward(self, events: trio.MemorySendChannel[ChannelEvent]) -> None:
+        async for event in self.pool.events:
+            if isinstance(event, PartSent) and event.day:
+                key = (event.modem, event.day)
+                self._unsaved[key] = self._unsaved.get(key, 0) + 1
+            for out in self._translate(event):
+                await events.send(out)
+            if isinstance(event, ModemMo):
+                event.ack()
+            if self.up != self._was_up:
+                self._was_up = self.up
+                await events.send(
+                    LinkState(channel=self.name, up=self._was_up,
+                              detail=f"{self.pool.usable} modem(s) usable")
+                )
 
     def _translate(self, event) -> list[ChannelEvent]:
         if isinstance(event, PartSent):

@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import asyncpg
@@ -761,6 +761,25 @@ class Store:
             *[list(c) for c in zip(*items)],
         )
         return [r["id"] for r in rows]
+
+    # -- modem quotas --
+
+    async def modem_sent_counts(self, day: date) -> dict[str, int]:
+        """Parts each modem (by name) sent on ``day`` (a local day), as recorded."""
+        rows = await self.fetch("SELECT modem, sent FROM modem_quota WHERE day = $1", day)
+        return {r["modem"]: r["sent"] for r in rows}
+
+    async def add_modem_sent(self, counts: Sequence[tuple[str, date, int]]) -> None:
+        """Add (modem, day, parts) to the recorded counts, in one statement."""
+        if not counts:
+            return
+        await self.execute(
+            "INSERT INTO modem_quota (modem, day, sent)"
+            " SELECT * FROM unnest($1::text[], $2::date[], $3::integer[])"
+            " ON CONFLICT (modem, day) DO UPDATE"
+            " SET sent = modem_quota.sent + EXCLUDED.sent, updated_at = now()",
+            *[list(c) for c in zip(*counts)],
+        )
 
 
 class Transaction:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import functools
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import trio
 
-from gateway.channel import DeliveryReport, LinkState, MoReceived, Status, Submitted, SubmitFailed
+from gateway.channel import (
+    DeliveryReport,
+    MoReceived,
+    OutboundMessage,
+    Status,
+    Submitted,
+    SubmitFailed,
+)
 from gateway.config import ModemConfig
 from gateway.modem_channel import ModemChannel, part_ref
 from gateway.modem_pool.emulator import HandsetNetwork
 from gateway.modem_pool.pdu import StatusClass
+from gateway.modem_pool.policy import local_day
 from gateway.modem_pool.pool import ModemMo, ModemReport, PartSent, SendFailed
 from gateway.sim_modems import serve_sim_modems
+from gateway.text import Encoding
 from tests.conftest import start_gateway
 
 CHINESE = "您好，这是一条很长的中文短信，用于测试长短信的拆分与重组功能是否正常。" * 3
@@ -84,3 +95,64 @@ async def test_dispatcher_delivers_through_modems_and_stores_mo(nursery, databas
             await trio.sleep(0.05)
     row = await gw.store.fetchrow("SELECT channel, sender, service_number, body FROM inbound_messages")
     assert tuple(row) == ("modems", "13900000001", "18600000011", CHINESE)
+
+
+async def test_store_adds_modem_counts_per_day(store):
+    day, other = date(2026, 11, 23), date(2026, 11, 24)
+    assert await store.modem_sent_counts(day) == {}
+    await store.add_modem_sent([("u1", day, 2), ("u2", day, 1), ("u1", other, 5)])
+    await store.add_modem_sent([("u1", day, 3)])
+    assert await store.modem_sent_counts(day) == {"u1": 5, "u2": 1}
+    assert await store.modem_sent_counts(other) == {"u1": 5}
+    await store.add_modem_sent([])
+
+
+def outbound(message_id, text="quota"):
+    return OutboundMessage(id=message_id, account_id=1, dest="18600000001", operator="cucc",
+                           encoding=Encoding.GSM7, parts=(text,), priority=0, msg_class="transactional",
+                           sender="", expires_at=datetime.now(timezone.utc) + timedelta(hours=1))
+
+
+async def test_daily_counts_survive_a_restart_through_the_store(nursery, store):
+    sims = await nursery.start(functools.partial(serve_sim_modems, 1, numbers=["18600000011"],
+                                                 operators=["cucc"]))
+    today = local_day(datetime.now(timezone.utc), ZoneInfo("Asia/Shanghai"))
+    await store.add_modem_sent([("u1", date.fromisoformat(today), 1)])  # sent before the restart
+    config = [ModemConfig(name="u1", device=sims[0].device, operators=["cucc"], daily_quota=3,
+                          rate_per_minute=600)]
+
+    async def run_channel(body):
+        ch = ModemChannel(config, timezone="Asia/Shanghai")
+        ch.attach_quota_store(store)
+        send, receive = trio.open_memory_channel(100)
+        with trio.fail_after(20):
+            async with trio.open_nursery() as inner:
+                await inner.start(ch.run, send)
+                while not ch.up:
+                    await receive.receive()
+                await body(ch, receive)
+                inner.cancel_scope.cancel()
+        return ch
+
+    async def first_life(ch, receive):
+        assert ch.pool.statistics()[0].sent_today == 1 and ch.capacity() == 2
+        await ch.submit(outbound(1))
+        while not isinstance(await receive.receive(), Submitted):
+            pass
+        assert ch.pool.statistics()[0].sent_today == 2
+
+    await run_channel(first_life)
+    assert await store.modem_sent_counts(date.fromisoformat(today)) == {"u1": 2}  # saved at stop
+
+    async def second_life(ch, receive):
+        assert ch.pool.statistics()[0].sent_today == 2 and ch.capacity() == 1
+        await ch.submit(outbound(2))
+        while not isinstance(await receive.receive(), Submitted):
+            pass
+        assert ch.capacity() == 0  # the quota of 3 is spent across both lives
+        with trio.move_on_after(1.5):  # saved while running, not only at stop
+            while await store.modem_sent_counts(date.fromisoformat(today)) != {"u1": 3}:
+                await trio.sleep(0.1)
+        assert await store.modem_sent_counts(date.fromisoformat(today)) == {"u1": 3}
+
+    await run_channel(second_life)

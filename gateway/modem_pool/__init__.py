@@ -61,7 +61,13 @@ from gateway.modem_pool.at import (
     Unsolicited,
     VendorNotice,
 )
-from gateway.modem_pool.emulator import HandsetNetwork, InboxMessage, ModemEmulator, national
+from gateway.modem_pool.emulator import (
+    HandsetNetwork,
+    InboxMessage,
+    ModemEmulator,
+    NetworkStatistics,
+    national,
+)
 from gateway.modem_pool.errors import (
     CommandError,
     LocalProtocolError,
@@ -73,6 +79,7 @@ from gateway.modem_pool.errors import (
     RemoteProtocolError,
 )
 from gateway.modem_pool.modem import Modem, ModemStatus
+from gateway.modem_pool.policy import RATE_BURST, Candidate, DailyCount, TokenBucket, choose, local_day
 from gateway.modem_pool.pdu import (
     MAX_PENDING_GROUPS,
     REASSEMBLY_TIMEOUT,
@@ -245,4 +252,11 @@ __all__ = [
     "SendFailed",
     "SendRequest",
     "cms_transient",
+    "Candidate",
+    "DailyCount",
+    "NetworkStatistics",
+    "RATE_BURST",
+    "TokenBucket",
+    "choose",
+    "local_day",
 ]

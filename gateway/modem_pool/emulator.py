@@ -9,9 +9,11 @@ to a simulated handset inbox or to another emulated modem (as ``+CMTI``) and ans
 status report request with ``+CDS``.
 
 Faults are chosen by constructor arguments: ``send_error`` (``+CMS ERROR`` on every send, or
-on the first ``send_error_count`` sends),
-``no_answer``, ``garbage`` (bytes before every answer), ``answer_delay`` and ``byte_delay``
-(slow answers, dribbled byte by byte), ``storage_slots`` (a small or full SIM), and
+on the first ``send_error_count`` sends), ``no_answer``, ``garbage`` (bytes before every
+answer), ``answer_delay`` and ``byte_delay`` (slow answers, dribbled byte by byte),
+``send_delay`` (the network time of a send, between the PDU and ``+CMGS``: 2-6 s on real
+SIMs), ``storage_slots`` (a small or full SIM), ``cnma_timeout`` (with ``AT+CSMS=1``, a
+direct ``+CMT``/``+CDS`` not acknowledged by ``AT+CNMA`` in time is delivered again), and
 :meth:`ModemEmulator.unplug` / :meth:`ModemEmulator.replug`.
 """
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import tty
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,6 +55,7 @@ __all__ = [
     "HandsetNetwork",
     "InboxMessage",
     "ModemEmulator",
+    "NetworkStatistics",
 ]
 
 #: Longest command line or PDU body the emulator accepts before discarding it.
@@ -63,6 +66,8 @@ OUTPUT_QUEUE_SIZE = 256
 MAX_WAITING_DELIVERIES = 64
 #: Messages kept per handset inbox.
 MAX_INBOX = 1000
+#: SMS-SUBMITs an emulator keeps in :attr:`ModemEmulator.sent`.
+MAX_SENT_KEPT = 1000
 
 _NETWORK_TZ = timezone(timedelta(hours=8))
 _CTRL_Z = 0x1A
@@ -86,6 +91,23 @@ class InboxMessage:
     parts: int
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkStatistics:
+    """Counts of what the simulated network carried, in SMS parts (PDUs).
+
+    ``submitted``: SMS-SUBMITs taken from modems; ``delivered``: of those, parts handed to a
+    handset or a modem; ``undeliverable``: parts for an unreachable number;
+    ``status_reports``: SMS-STATUS-REPORTs sent back to modems; ``mo``: parts handsets sent
+    to modems.
+    """
+
+    submitted: int
+    delivered: int
+    undeliverable: int
+    status_reports: int
+    mo: int
+
+
 class HandsetNetwork:
     """In-process stand-in for the mobile network: handsets, modems and the SMSC.
 
@@ -100,6 +122,11 @@ class HandsetNetwork:
         self._reassemblers: dict[str, Reassembler] = {}
         self._unreachable = frozenset(national(n) for n in unreachable)
         self._ref = 0
+        self._submitted = 0
+        self._delivered = 0
+        self._undeliverable = 0
+        self._status_reports = 0
+        self._mo = 0
 
     def attach(self, number: str, modem: ModemEmulator) -> None:
         self._modems[national(number)] = modem
@@ -109,6 +136,20 @@ class HandsetNetwork:
 
     def inbox(self, number: str) -> list[InboxMessage]:
         return list(self._inboxes.get(national(number), ()))
+
+    @property
+    def modems(self) -> dict[str, ModemEmulator]:
+        """The attached modems by national number (a copy)."""
+        return dict(self._modems)
+
+    def statistics(self) -> NetworkStatistics:
+        return NetworkStatistics(
+            submitted=self._submitted,
+            delivered=self._delivered,
+            undeliverable=self._undeliverable,
+            status_reports=self._status_reports,
+            mo=self._mo,
+        )
 
     def send_from_handset(self, sender: str, to: str, text: str) -> int:
         """A handset texts ``to`` (an emulated modem); returns the number of parts sent."""
@@ -122,14 +163,17 @@ class HandsetNetwork:
             modem.accept_deliver(
                 Deliver(originator=originator, user_data=part, scts=self._now())
             )
+        self._mo += len(parts)
         return len(parts)
 
     def route(self, sender: ModemEmulator, submit: Submit, mr: int) -> None:
         """Carry one SMS-SUBMIT from ``sender``; a status report follows if it asked."""
         target = national(submit.destination.number)
         status = TpStatus.DELIVERED
+        self._submitted += 1
         if target in self._unreachable:
             status = TpStatus.NOT_OBTAINABLE
+            self._undeliverable += 1
         elif target in self._modems:
             self._modems[target].accept_deliver(
                 Deliver(
@@ -140,7 +184,10 @@ class HandsetNetwork:
             )
         else:
             self._to_handset(target, sender.number, submit)
+        if status == TpStatus.DELIVERED:
+            self._delivered += 1
         if submit.status_report:
+            self._status_reports += 1
             now = self._now()
             sender.accept_status_report(
                 StatusReport(
@@ -237,7 +284,9 @@ class ModemEmulator:
         no_answer: bool = False,
         garbage: bytes = b"",
         answer_delay: float = 0.0,
+        send_delay: float = 0.0,
         byte_delay: float = 0.0,
+        cnma_timeout: float = 10.0,
         boot_banner: bytes = b"",
         link_path: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -251,6 +300,13 @@ class ModemEmulator:
         self.no_answer = no_answer
         self.garbage = garbage
         self.answer_delay = answer_delay
+        self.send_delay = send_delay
+        self.cnma_timeout = cnma_timeout
+        #: ``+CMT``/``+CDS`` delivered again for want of ``AT+CNMA``.
+        self.redelivered = 0
+        #: Commands received, by name without ``AT`` and arguments (``+CSQ``, ``+CMGS``).
+        self.commands: Counter[str] = Counter()
+        self._ack_changed = trio.Event()
         self.byte_delay = byte_delay
         self.boot_banner = boot_banner
         self._pin = pin
@@ -263,7 +319,9 @@ class ModemEmulator:
         self._unplugged = trio.Event()
         self._replugged = trio.Event()
         self._device: str | None = None
-        self.sent: list[Submit] = []
+        #: The last SMS-SUBMITs this modem took (bounded); ``sent_count`` counts them all.
+        self.sent: deque[Submit] = deque(maxlen=MAX_SENT_KEPT)
+        self.sent_count = 0
         self._last_sent: tuple[Submit, int] | None = None
         self._reset_settings()
 
@@ -305,7 +363,7 @@ class ModemEmulator:
         """An SMS-DELIVER from the network (TS 27.005 §3.4.1 routing by AT+CNMI <mt>)."""
         pdu = encode_deliver(deliver)
         if self._cnmi_mt in (2, 3):
-            self._urc(f"+CMT: ,{cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
+            self._route_direct(f"+CMT: ,{cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
             return
         index = self._store(MessageStat.REC_UNREAD, pdu)
         if index is None:
@@ -318,13 +376,42 @@ class ModemEmulator:
         """An SMS-STATUS-REPORT from the network (routed by AT+CNMI <ds>)."""
         pdu = encode_status_report(report)
         if self._cnmi_ds == 1:
-            self._urc(f"+CDS: {cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
+            self._route_direct(f"+CDS: {cmgs_length(pdu)}\r\n{pdu.hex().upper()}")
         elif self._cnmi_ds == 2:
             index = self._store(MessageStat.REC_UNREAD, pdu)
             if index is not None:
                 self._urc(f'+CDSI: "SM",{index}')
 
     # ---------------------------------------------------------------- pty plumbing
+
+    def _route_direct(self, urc: str) -> None:
+        """A ``+CMT``/``+CDS`` straight to the DTE. With ``AT+CSMS=1`` each needs ``AT+CNMA``
+        (TS 27.005 §3.4.4): the next is held until then, and one left unacknowledged for
+        ``cnma_timeout`` seconds is delivered again, as the network would."""
+        if self._csms == 0:
+            self._urc(urc)
+            return
+        self._awaiting_ack.append(urc)
+        if len(self._awaiting_ack) == 1:
+            self._emit_awaiting()
+
+    def _emit_awaiting(self) -> None:
+        self._urc(self._awaiting_ack[0])
+        self._ack_deadline = trio.current_time() + self.cnma_timeout
+        self._ack_changed.set()
+
+    async def _redeliver_unacknowledged(self) -> None:
+        while True:
+            self._ack_changed = trio.Event()
+            deadline = self._ack_deadline if self._awaiting_ack else None
+            if deadline is None:
+                await self._ack_changed.wait()
+                continue
+            with trio.move_on_at(deadline) as scope:
+                await self._ack_changed.wait()
+            if scope.cancelled_caught and self._awaiting_ack:
+                self.redelivered += 1
+                self._emit_awaiting()
 
     def _reset_settings(self) -> None:
         self._sim_ready = self._pin is None
@@ -334,6 +421,9 @@ class ModemEmulator:
         self._cnmi_mt = 0
         self._cnmi_ds = 0
         self._pending_cmgs: int | None = None
+        self._csms = 0
+        self._awaiting_ack: deque[str] = deque()
+        self._ack_deadline: float | None = None
 
     async def _power_cycle(self, task_status) -> None:
         self._reset_settings()
@@ -353,6 +443,7 @@ class ModemEmulator:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, stream, receive)
                 nursery.start_soon(self._reader, stream)
+                nursery.start_soon(self._redeliver_unacknowledged)
                 if self.boot_banner:
                     self._write(self.boot_banner)
                 if task_status is not None:
@@ -399,6 +490,8 @@ class ModemEmulator:
                 if self.answer_delay > 0:
                     await trio.sleep(self.answer_delay)
                 if kind == "body":
+                    if self.send_delay > 0:
+                        await trio.sleep(self.send_delay)  # the network round trip of a send
                     answer = self._on_body(text)
                 elif kind == "cancel":
                     self._pending_cmgs = None
@@ -449,6 +542,7 @@ class ModemEmulator:
         cmd = text[2:]
         upper = cmd.upper()
         name, _, arg = upper.partition("=")
+        self.commands[name] += 1
         if upper == "":
             return self._final("OK")
         if upper in ("E0", "E1", "E"):
@@ -499,7 +593,20 @@ class ModemEmulator:
         if upper == "+CNUM":
             return self._final("OK", f'+CNUM: "","{self.number}",145')
         if upper == "+CNMA":
+            if not self._awaiting_ack:
+                return self._cms(340)  # no +CNMA acknowledgement expected
+            self._awaiting_ack.popleft()
+            self._ack_deadline = None
+            if self._awaiting_ack:
+                self._emit_awaiting()
             return self._final("OK")
+        if name == "+CSMS":
+            if upper == "+CSMS?":
+                return self._final("OK", f"+CSMS: {self._csms},1,1,1")
+            if arg not in ("0", "1"):
+                return self._cms(302)
+            self._csms = int(arg)
+            return self._final("OK", "+CSMS: 1,1,1")
         if name == "+CMGS" and arg.isdigit():
             if not self._pdu_mode:
                 return self._cms(302)
@@ -561,6 +668,7 @@ class ModemEmulator:
         mr = self._mr
         self._mr = (self._mr + 1) % 256
         self.sent.append(submit)
+        self.sent_count += 1
         self._last_sent = (submit, mr)
         return self._final("OK", f"+CMGS: {mr}")
 

@@ -2,10 +2,13 @@
 
 One supervised task per modem opens its device (:class:`SerialStream`), runs
 :meth:`Modem.initialize` and serves sends one at a time, paced by a token bucket on
-:func:`trio.current_time` (SPEC: per-SIM rate and daily quota). A modem whose command times
-out is reset and reopened; one whose device is gone leaves the pool and is reopened with
-backoff. The send in flight on a lost modem, and those queued on it, go back to selection:
-nothing is lost, at most the one send in flight is repeated.
+:func:`trio.current_time` (SPEC: per-SIM rate and daily quota, counted per local day). The
+choice of modem and the rate are the pure :mod:`gateway.modem_pool.policy`. A modem whose
+command times out is reset (port closed and reopened, start-up run again); one whose device
+is gone leaves the pool and is reopened with backoff. The send in flight on a lost modem,
+and those queued on it, are taken by the next modem of their operator whose rate allows,
+ahead of its own queue, or given back to the caller as transient failures when no healthy
+modem serves their operator: nothing is lost, at most the one send in flight is repeated.
 
 Incoming (TS 27.005 §3.4.1): ``+CMTI`` → ``AT+CMGR`` → :class:`Reassembler` →
 :class:`ModemMo`; the stored parts are deleted (``AT+CMGD``) only after the consumer calls
@@ -18,15 +21,17 @@ from __future__ import annotations
 
 import enum
 import logging
+import zoneinfo
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 
 import msgspec
 import trio
 
 from gateway.modem_pool.at import (
+    AckMessage,
     DeleteMessage,
     IncomingDeliver,
     ListMessages,
@@ -41,11 +46,14 @@ from gateway.modem_pool.at import (
     NewStatusReport,
     QueryRegistration,
     QuerySignal,
+    RawCommand,
     Registration,
+    SetIndications,
     SignalQuality,
 )
 from gateway.modem_pool.errors import CommandError, ModemError, ModemUnavailable
 from gateway.modem_pool.modem import Modem
+from gateway.modem_pool.policy import Candidate, DailyCount, TokenBucket, choose, local_day
 from gateway.modem_pool.pdu import (
     mask_number,
     Address,
@@ -63,7 +71,9 @@ from gateway.modem_pool.serial_stream import SerialStream
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CNMA_WAIT",
     "COMMAND_TIMEOUT",
+    "DEFAULT_TIMEZONE",
     "EVENT_QUEUE",
     "HEALTH_INTERVAL",
     "INIT_TIMEOUT",
@@ -106,7 +116,12 @@ REOPEN_BACKOFF_MIN = 1.0
 REOPEN_BACKOFF_MAX = 60.0
 #: Sends held for reassignment after their modem failed.
 _ORPHAN_LIMIT = 4096
-_BURST = 1.0
+#: The time zone whose calendar day a SIM's daily quota counts in (the dispatcher's default).
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+#: Seconds between looks at the modems while a send waits for room (a new day, a refill).
+_RECHECK = 1.0
+#: Seconds a directly routed MO (``+CMT``) waits for the consumer's ack before ``AT+CNMA``.
+CNMA_WAIT = 5.0
 #: TP-VP relative validity asked of the SMSC: 0xA7 = 24 hours (TS 23.040 §9.2.3.12.1).
 VALIDITY = 0xA7
 
@@ -183,6 +198,8 @@ class PartSent(msgspec.Struct, frozen=True, kw_only=True):
     part: int
     tp_mr: int
     destination: str
+    day: str = ""
+    """The local day (ISO) whose daily quota the part counted against."""
 
 
 class SendFailed(msgspec.Struct, frozen=True, kw_only=True):
@@ -235,6 +252,8 @@ class ModemStatistics:
     queued: int
     consecutive_errors: int
     own_number: str | None
+    in_flight: int | None = None
+    """The ref of the send on the modem now, if any."""
 
 
 class _Hung(ModemError):
@@ -249,10 +268,10 @@ class _Slot:
     signal: SignalQuality | None = None
     registered: bool = False
     consecutive_errors: int = 0
-    sent_today: int = 0
-    day: str = ""
-    tokens: float = _BURST
-    refilled: float | None = None
+    count: DailyCount = field(default_factory=DailyCount)
+    bucket: TokenBucket | None = None
+    # A send succeeded since the last health poll: the modem is evidently registered.
+    proven: bool = False
     queue: deque[SendRequest] = field(default_factory=deque)
     in_flight: SendRequest | None = None
     wakeup: trio.Event = field(default_factory=trio.Event)
@@ -271,31 +290,26 @@ class _Slot:
             and self.consecutive_errors < MAX_CONSECUTIVE_ERRORS
         )
 
-    def roll_day(self) -> None:
-        today = datetime.now(timezone.utc).date().isoformat()
-        if today != self.day:
-            self.day = today
-            self.sent_today = 0
+    def __post_init__(self) -> None:
+        self.bucket = TokenBucket(self.spec.rate_per_minute)
 
-    def quota_room(self) -> int:
-        self.roll_day()
+    def quota_room(self, day: str) -> int:
+        """Parts the SIM may still send on ``day``, those queued or in flight deducted."""
+        self.count.roll(day)
         queued = sum(len(r.parts) for r in self.queue)
         if self.in_flight is not None:
             queued += len(self.in_flight.parts)
-        return self.spec.daily_quota - self.sent_today - queued
+        return self.spec.daily_quota - self.count.sent - queued
 
-    def refill(self, now: float) -> None:
-        if self.refilled is None:
-            self.refilled = now
-        rate = self.spec.rate_per_minute / 60.0
-        self.tokens = min(_BURST, self.tokens + (now - self.refilled) * rate)
-        self.refilled = now
-
-    def token_wait(self, now: float) -> float:
-        self.refill(now)
-        if self.tokens >= 1.0:
-            return 0.0
-        return (1.0 - self.tokens) * 60.0 / self.spec.rate_per_minute
+    def candidate(self, now: float, day: str) -> Candidate:
+        return Candidate(
+            name=self.spec.name,
+            operators=self.spec.operators,
+            healthy=self.healthy,
+            load=self.load,
+            quota_room=self.quota_room(day),
+            token_wait=self.bucket.wait(now),
+        )
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -306,7 +320,13 @@ class ModemPool:
     """Several modems behind one send queue; events on :attr:`events`.
 
     ``await nursery.start(pool.run)``, then :meth:`send` requests and read :attr:`events`.
-    ``opener`` opens a device (the default is :meth:`SerialStream.open`).
+
+    Daily quotas count per calendar day in ``timezone`` (a name or a :class:`tzinfo`), read
+    from ``wall_clock``; :meth:`seed_counts` brings in what was sent earlier that day (from the
+    database, at start). With ``direct_routing`` the modem is set to ``AT+CSMS=1`` and
+    ``AT+CNMI=2,2,0,1,0``: MOs and reports come as ``+CMT``/``+CDS`` and each is acknowledged
+    with ``AT+CNMA`` (TS 27.005 §3.4.4) once taken; by default MOs are stored on the SIM
+    (``+CMTI``) and deleted after the consumer's ack.
     """
 
     def __init__(
@@ -316,17 +336,32 @@ class ModemPool:
         health_interval: float = HEALTH_INTERVAL,
         command_timeout: float = COMMAND_TIMEOUT,
         send_timeout: float = SEND_TIMEOUT,
+        init_timeout: float = INIT_TIMEOUT,
         event_queue: int = EVENT_QUEUE,
+        timezone: str | tzinfo = DEFAULT_TIMEZONE,
+        wall_clock: Callable[[], datetime] | None = None,
+        direct_routing: bool = False,
     ) -> None:
         names = [m.name for m in modems]
         if len(set(names)) != len(names):
             raise ModemError("modem names must be unique")
         self._slots = {m.name: _Slot(m) for m in modems}
+        if isinstance(timezone, str):
+            try:
+                timezone = zoneinfo.ZoneInfo(timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ModemError(f"unknown time zone {timezone!r}") from None
+        self._zone = timezone
+        self._wall_clock = wall_clock or _utc_now
+        self._direct = direct_routing
         self._health_interval = health_interval
         self._command_timeout = command_timeout
         self._send_timeout = send_timeout
+        self._init_timeout = init_timeout
         self._events_send, self.events = trio.open_memory_channel[PoolEvent](event_queue)
         self._changed = trio.Event()
+        # Sends taken back from a lost modem: the next modem of their operator that is free
+        # takes them before its own queue (failover within one send time).
         self._orphans: deque[SendRequest] = deque()
         self._orphaned = trio.Event()
         self._reassembler = Reassembler()
@@ -345,25 +380,42 @@ class ModemPool:
         return sum(1 for s in self._slots.values() if s.healthy)
 
     def capacity(self) -> int:
-        """Sends :meth:`send` would take now without waiting."""
+        """Sends :meth:`send` would take now without waiting (at one part each)."""
+        day = self.today()
         return sum(
-            max(0, QUEUE_ALLOWANCE - s.load) for s in self._slots.values() if s.healthy
+            min(max(0, QUEUE_ALLOWANCE - s.load), max(0, s.quota_room(day)))
+            for s in self._slots.values()
+            if s.healthy
         )
+
+    def today(self) -> str:
+        """The local day (ISO) daily quotas count in now."""
+        return local_day(self._wall_clock(), self._zone)
+
+    def seed_counts(self, day: str, counts: Mapping[str, int]) -> None:
+        """Parts each modem (by name) already sent on ``day``, e.g. before a restart."""
+        for name, sent in counts.items():
+            slot = self._slots.get(name)
+            if slot is not None:
+                slot.count.seed(day, sent)
+        self._notify()
 
     def statistics(self) -> list[ModemStatistics]:
         out = []
+        day = self.today()
         for s in self._slots.values():
-            s.roll_day()
+            s.count.roll(day)
             out.append(
                 ModemStatistics(
                     name=s.spec.name,
                     state=s.state,
                     rssi=s.signal.rssi if s.signal is not None else None,
                     registered=s.registered,
-                    sent_today=s.sent_today,
+                    sent_today=s.count.sent,
                     queued=s.load,
                     consecutive_errors=s.consecutive_errors,
                     own_number=s.own_number,
+                    in_flight=s.in_flight.ref if s.in_flight is not None else None,
                 )
             )
         return out
@@ -371,23 +423,27 @@ class ModemPool:
     async def send(self, request: SendRequest) -> None:
         """Queue ``request`` on the best modem, waiting until one has room.
 
-        The caller's cancel scope bounds the wait. Choice: a healthy modem serving the
-        request's operator with daily quota left, least loaded, soonest rate token.
+        The caller's cancel scope bounds the wait. Choice (:func:`policy.choose`): a healthy
+        modem serving the request's operator with daily quota left, least loaded, soonest
+        rate token. When no healthy modem serves the operator, or all of them have spent
+        their daily quota, the request is not held: a transient :class:`SendFailed` gives it
+        back to the caller at once (to retry later, or elsewhere).
         """
-        await self._place(request, failover=False)
-
-    async def _place(self, request: SendRequest, *, failover: bool) -> None:
         while True:
-            # Sends taken back from a lost modem go first: they have waited longest.
-            slot = self._choose(request, failover) if failover or not self._orphans else None
+            slot = self._choose(request)
             if slot is not None:
-                if failover:
-                    slot.queue.appendleft(request)
-                else:
-                    slot.queue.append(request)
+                slot.queue.append(request)
                 slot.wake()
                 return
-            await self._wait_changed()
+            if not self._servable(request):
+                await self._emit(SendFailed(
+                    ref=request.ref, transient=True,
+                    reason=f"no usable modem with quota left serves {request.operator}",
+                ))
+                return
+            # Changes wake us; a new local day (quotas start again) is seen within a recheck.
+            with trio.move_on_after(_RECHECK):
+                await self._wait_changed()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Supervise every modem until cancelled."""
@@ -399,38 +455,76 @@ class ModemPool:
 
     # ---------------------------------------------------------------- selection
 
-    def _choose(self, request: SendRequest, failover: bool = False) -> _Slot | None:
+    def _choose(self, request: SendRequest) -> _Slot | None:
         now = trio.current_time()
-        best: tuple[int, float] | None = None
-        chosen = None
+        day = self.today()
+        name = choose(
+            (s.candidate(now, day) for s in self._slots.values()),
+            request.operator,
+            len(request.parts),
+            max_load=QUEUE_ALLOWANCE,
+        )
+        return self._slots[name] if name is not None else None
+
+    def _orphan_for(self, slot: _Slot) -> int | None:
+        """Index of the oldest orphan ``slot`` can send (operator and quota), if any."""
+        if not self._orphans or not slot.healthy:
+            return None
+        room = slot.quota_room(self.today())
+        for i, request in enumerate(self._orphans):
+            if request.operator in slot.spec.operators and len(request.parts) <= room:
+                return i
+        return None
+
+    def _take_orphan(self, slot: _Slot) -> SendRequest | None:
+        """The oldest orphan ``slot`` can send, taken off the list."""
+        i = self._orphan_for(slot)
+        if i is None:
+            return None
+        request = self._orphans[i]
+        del self._orphans[i]
+        return request
+
+    def _servable(self, request: SendRequest) -> bool:
+        """Whether some healthy modem of the request's operator has quota for it today."""
+        day = self.today()
         for slot in self._slots.values():
-            if not slot.healthy or request.operator not in slot.spec.operators:
-                continue
-            if slot.load >= QUEUE_ALLOWANCE + failover:
-                continue
-            if slot.quota_room() < len(request.parts):
-                continue
-            key = (slot.load, slot.token_wait(now))
-            if best is None or key < best:
-                best, chosen = key, slot
-        return chosen
+            if slot.healthy and request.operator in slot.spec.operators:
+                slot.count.roll(day)
+                if slot.spec.daily_quota - slot.count.sent >= len(request.parts):
+                    return True
+        return False
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+        if self._orphans:
+            self._orphaned.set()
 
     async def _wait_changed(self) -> None:
         await self._changed.wait()
 
     async def _reassign(self) -> None:
+        """Give orphans no modem can take back to the caller, as transient failures.
+
+        Free modems take orphans themselves (:meth:`_take_orphan`); what remains after a
+        change has no healthy modem of its operator with quota left, and is better retried
+        by the caller (perhaps on another channel) than held here.
+        """
         while True:
-            if not self._orphans:
-                await self._orphaned.wait()
-                self._orphaned = trio.Event()
-                continue
-            await self._place(self._orphans[0], failover=True)
-            self._orphans.popleft()
-            self._notify()
+            await self._orphaned.wait()
+            self._orphaned = trio.Event()
+            stranded = [r for r in self._orphans if not self._servable(r)]
+            for request in stranded:
+                self._orphans.remove(request)
+                logger.info("modem failover impossible ref=%s operator=%s", request.ref, request.operator)
+                await self._emit(SendFailed(
+                    ref=request.ref, transient=True,
+                    reason=f"modem lost and no other modem serves {request.operator}",
+                ))
+            if self._orphans:
+                for slot in self._slots.values():
+                    slot.wake()
 
     async def _emit(self, event: PoolEvent) -> None:
         await self._events_send.send(event)
@@ -476,9 +570,8 @@ class ModemPool:
                 continue
             self._orphans.append(request)
         if pending:
-            self._notify()
             logger.info("modem failover modem=%s sends=%d", slot.spec.name, len(pending))
-            self._orphaned.set()
+            self._notify()
 
     async def _command(self, modem: Modem, command, timeout: float | None = None):
         with trio.move_on_after(timeout or self._command_timeout) as scope:
@@ -493,8 +586,11 @@ class ModemPool:
             modem = Modem(stream, name=spec.name, pin=spec.pin or None)
             async with trio.open_nursery() as nursery:
                 await nursery.start(modem.run)
-                with trio.move_on_after(INIT_TIMEOUT) as scope:
+                with trio.move_on_after(self._init_timeout) as scope:
                     status = await modem.initialize()
+                    if self._direct:
+                        await modem.command(RawCommand("AT+CSMS=1", "+CSMS"))
+                        await modem.command(SetIndications(mode=2, mt=2, ds=1))
                 if scope.cancelled_caught:
                     raise _Hung("hung: start-up timed out")
                 slot.own_number = status.own_number or slot.own_number
@@ -502,7 +598,6 @@ class ModemPool:
                 slot.registered = status.registration.registered
                 slot.consecutive_errors = 0
                 slot.state = ModemState.UP
-                slot.refill(trio.current_time())
                 self._notify()
                 await self._emit(ModemUp(modem=spec.name, own_number=slot.own_number))
                 nursery.start_soon(self._poll_health, slot, modem)
@@ -515,6 +610,11 @@ class ModemPool:
     async def _poll_health(self, slot: _Slot, modem: Modem) -> None:
         while True:
             await trio.sleep(self._health_interval)
+            if slot.proven:
+                # A send went through since the last poll: the SIM is registered, and the
+                # poll would only keep the modem from its next send.
+                slot.proven = False
+                continue
             signal = await self._command(modem, QuerySignal())
             registration = await self._command(modem, QueryRegistration())
             if isinstance(signal, SignalQuality):
@@ -529,19 +629,28 @@ class ModemPool:
 
     async def _send_loop(self, slot: _Slot, modem: Modem) -> None:
         while True:
-            if not slot.queue:
+            if not slot.queue and self._orphan_for(slot) is None:
                 await slot.wakeup.wait()
                 continue
-            request = slot.queue.popleft()
+            # The request is picked when the SIM's rate allows a send, not before: an orphan
+            # goes out on the first modem of its operator whose rate allows, not behind a
+            # request that a modem holds while it waits for its token.
+            while (wait := slot.bucket.wait(trio.current_time())) > 0:
+                await trio.sleep(wait)
+            request = self._take_orphan(slot)
+            if request is None:
+                if not slot.queue:  # another modem took the orphan first
+                    await trio.lowlevel.checkpoint()
+                    continue
+                request = slot.queue.popleft()
             slot.in_flight = request
             await self._send_one(slot, modem, request)
             slot.in_flight = None
             self._notify()
 
     async def _take_token(self, slot: _Slot) -> None:
-        while (wait := slot.token_wait(trio.current_time())) > 0:
-            await trio.sleep(wait)
-        slot.tokens -= 1.0
+        while not slot.bucket.take(trio.current_time()):
+            await trio.sleep(slot.bucket.wait(trio.current_time()))
 
     async def _send_one(self, slot: _Slot, modem: Modem, request: SendRequest) -> None:
         name = slot.spec.name
@@ -561,7 +670,8 @@ class ModemPool:
         mrs: list[int] = []
         for number, submit in enumerate(submits, 1):
             await self._take_token(slot)
-            slot.roll_day()
+            day = self.today()
+            slot.count.roll(day)
 
             async with slot.report_gate:
                 try:
@@ -583,14 +693,15 @@ class ModemPool:
                     if slot.consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
                         self._notify()
                     return
-                slot.sent_today += 1
+                slot.count.sent += 1
                 slot.consecutive_errors = 0
+                slot.proven = True
                 mr = result.mr if isinstance(result, SubmitResult) else 0
                 mrs.append(mr)
                 await self._emit(
                     PartSent(
                         ref=request.ref, modem=name, part=number, tp_mr=mr,
-                        destination=str(destination),
+                        destination=str(destination), day=day,
                     )
                 )
         logger.info(
@@ -616,11 +727,33 @@ class ModemPool:
                 if isinstance(stored, StoredMessage):
                     await self._handle_pdu(slot, modem, nursery, stored.pdu, event.index)
             elif isinstance(event, (IncomingStatusReport, IncomingDeliver)):
-                await self._handle_pdu(slot, modem, nursery, event.pdu, None)
+                mo = await self._handle_pdu(slot, modem, nursery, event.pdu, None)
+                if self._direct:
+                    await self._acknowledge(slot, modem, mo)
+
+    async def _acknowledge(self, slot: _Slot, modem: Modem, mo: ModemMo | None) -> None:
+        """``AT+CNMA`` for a ``+CMT``/``+CDS`` (TS 27.005 §3.4.4), once it is safe.
+
+        A completed MO is acknowledged only after its consumer took it (:meth:`ModemMo.ack`);
+        if that does not happen within :data:`CNMA_WAIT` no ack goes out and the network
+        delivers the message again: a duplicate rather than a loss. The modem routes no other
+        ``+CMT`` until then (§3.4.1), so waiting here holds nothing else up.
+        """
+        if mo is not None:
+            with trio.move_on_after(CNMA_WAIT):
+                await mo._acked.wait()
+            if not mo.acked:
+                logger.warning("modem mo not taken in time, left for redelivery modem=%s", slot.spec.name)
+                return
+        try:
+            await self._command(modem, AckMessage())
+        except CommandError as exc:
+            logger.warning("modem cnma refused modem=%s error=%s", slot.spec.name, exc)
 
     async def _handle_pdu(
         self, slot: _Slot, modem: Modem, nursery, pdu: str, index: int | None
-    ) -> None:
+    ) -> ModemMo | None:
+        """Decode and pass on one incoming PDU; returns the MO it completed, if any."""
 
         name = slot.spec.name
         try:
@@ -629,7 +762,7 @@ class ModemPool:
             logger.warning("modem unreadable pdu modem=%s index=%s error=%s", name, index, exc)
             if index is not None:
                 await self._command(modem, DeleteMessage(index))
-            return
+            return None
         if isinstance(message, StatusReport):
             async with slot.report_gate:
                 await self._emit(
@@ -644,12 +777,12 @@ class ModemPool:
                 )
             if index is not None:
                 await self._command(modem, DeleteMessage(index))
-            return
-        await self._deliver(slot, modem, nursery, message, index)
+            return None
+        return await self._deliver(slot, modem, nursery, message, index)
 
     async def _deliver(
         self, slot: _Slot, modem: Modem, nursery, deliver: Deliver, index: int | None
-    ) -> None:
+    ) -> ModemMo | None:
         concat = deliver.user_data.concat
         key = (
             slot.spec.name,
@@ -660,7 +793,7 @@ class ModemPool:
             self._indices.setdefault(key, []).append(index)
         done = self._reassembler.add(deliver, trio.current_time())
         if done is None:
-            return
+            return None
         held = self._indices.pop(key, [])
         mo = ModemMo(
             modem=slot.spec.name,
@@ -675,12 +808,17 @@ class ModemPool:
         await self._emit(mo)
         if held:
             nursery.start_soon(self._delete_after_ack, modem, mo, held)
+        return mo
 
     async def _delete_after_ack(self, modem: Modem, mo: ModemMo, indices: list[int]) -> None:
 
         await mo._acked.wait()
         for index in indices:
             await self._command(modem, DeleteMessage(index))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _describe(exc: BaseException) -> str:

@@ -281,7 +281,7 @@ async def test_send_cancelled_at_the_prompt_is_escaped_and_the_modem_resyncs(nur
             # The late prompt and the OK for the ESC drain away; the next command is clean.
             assert await modem.command(QuerySignal()) == SignalQuality(20, 99)
             assert modem.statistics().garbage >= 1  # the late OK to the ESC
-            assert emulator.sent == []
+            assert list(emulator.sent) == [] and emulator.sent_count == 0
     assert network.inbox(HANDSET) == []
 
 
@@ -306,7 +306,10 @@ async def test_direct_routing_with_cmt_and_cdsi(nursery):
             network.send_from_handset(HANDSET, MODEM_A, "direct")
             event = await next_unsolicited(modem, IncomingDeliver)
             assert decode_deliver(event.pdu).text == "direct"
-            assert await modem.command(AckMessage()) == Done()
+            # Phase 2 (AT+CSMS=0): the modem acknowledges by itself; AT+CNMA is not expected.
+            with pytest.raises(CommandError) as info:
+                await modem.command(AckMessage())
+            assert info.value.code == 340
             (mr,) = await modem.send_text(HANDSET, "report me")
             stored = await next_unsolicited(modem, NewStatusReport)
             report = decode_status_report((await modem.read_message(stored.index)).pdu)
@@ -342,3 +345,31 @@ async def test_send_parts_cut_elsewhere(nursery):
     assert mrs == [0, 1]
     (message,) = network.inbox(HANDSET)
     assert message.text == "".join(parts) and message.parts == 2
+
+
+async def test_phase_2_plus_direct_routing_needs_cnma_or_is_delivered_again(nursery):
+    network = HandsetNetwork()
+    with trio.fail_after(DEADLINE):
+        async with plugged(nursery, network, cnma_timeout=0.3) as (emulator, modem):
+            await modem.initialize()
+            assert await modem.command(RawCommand("AT+CSMS=1", "+CSMS")) == RawResponse(("+CSMS: 1,1,1",))
+            await modem.command(SetIndications(mode=2, mt=2, ds=1))
+            network.send_from_handset(HANDSET, MODEM_A, "first")
+            network.send_from_handset(HANDSET, MODEM_A, "second")
+            event = await next_unsolicited(modem, IncomingDeliver)
+            assert decode_deliver(event.pdu).text == "first"
+            # Not acknowledged: the same message comes again, and "second" waits behind it.
+            again = await next_unsolicited(modem, IncomingDeliver)
+            assert decode_deliver(again.pdu).text == "first" and emulator.redelivered == 1
+            assert await modem.command(AckMessage()) == Done()
+            event = await next_unsolicited(modem, IncomingDeliver)
+            assert decode_deliver(event.pdu).text == "second"
+            assert await modem.command(AckMessage()) == Done()
+            (mr,) = await modem.send_text(HANDSET, "report me")
+            report = await next_unsolicited(modem, IncomingStatusReport)
+            assert decode_status_report(report.pdu).mr == mr
+            assert await modem.command(AckMessage()) == Done()
+            with pytest.raises(CommandError) as info:
+                await modem.command(AckMessage())
+            assert info.value.code == 340
+            assert emulator.redelivered == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 
 import pytest
 import trio
@@ -143,6 +144,9 @@ async def test_operator_is_respected(nursery, tmp_path):
                 await pool.send(request(ref, "hi", dest="18900000001", operator="ctcc"))
                 assert (await next_event(pool, PartSent)).modem == "t"
             assert pool.operators == {"cucc", "ctcc"}
+            await pool.send(request(9, "hi", dest="13800138000", operator="cmcc"))
+            failed = await next_event(pool, SendFailed)
+            assert (failed.ref, failed.transient) == (9, True) and "cmcc" in failed.reason
 
 
 @pytest.mark.parametrize(("code", "transient"), [(500, True), (304, False), (1, False)])
@@ -223,7 +227,157 @@ async def test_missing_device_is_retried_until_it_appears(nursery, tmp_path, aut
         await trio.sleep(10)
         assert pool.usable == 0 and pool.capacity() == 0
         assert pool.statistics()[0].state == "down"
-        with trio.move_on_after(5) as scope:
-            await pool.send(request(1, "nowhere"))
-        assert scope.cancelled_caught
+        await pool.send(request(1, "nowhere"))  # not held while no modem can take it
+        failed = await next_event(pool, SendFailed)
+        assert (failed.ref, failed.transient) == (1, True)
         inner.cancel_scope.cancel()
+
+
+async def test_hung_modem_is_reset_and_its_send_fails_over(nursery, tmp_path):
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {}), ("m2", "+8618600000012", ["cucc"], {})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs,
+                                command_timeout=0.5, send_timeout=0.5) as (pool, emulators):
+            emulators["m1"].no_answer = True  # the firmware hangs: nothing comes back
+            await pool.send(request(1, "hung then resent"))  # the first of two idle modems: m1
+            seen = {}
+            while len(seen) < 2:
+                event = await next_event(pool, ModemDown, PartSent)
+                seen[type(event)] = event
+            assert seen[ModemDown].modem == "m1" and seen[ModemDown].reason.startswith("hung")
+            assert (seen[PartSent].ref, seen[PartSent].modem) == (1, "m2")
+            assert {s.name: s.state for s in pool.statistics()}["m1"] != "up"
+
+            emulators["m1"].no_answer = False  # the reset: the port reopened, start-up run again
+            up = await next_event(pool, ModemUp)
+            assert up.modem == "m1" and up.own_number == "+8618600000011"
+            await pool.send(request(2, "after the reset"))
+            assert (await next_event(pool, PartSent)).modem == "m1"
+            assert emulators["m1"].sent_count == 1 and emulators["m2"].sent_count == 1
+    assert sorted(m.text for m in network.inbox(HANDSET)) == ["after the reset", "hung then resent"]
+
+
+async def test_lost_send_with_no_other_modem_goes_back_to_the_caller(nursery, tmp_path):
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {"send_delay": 1.0}),
+             ("t1", "+8618900000011", ["ctcc"], {})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs) as (pool, emulators):
+            await pool.send(request(1, "only one unicom modem"))
+            await trio.sleep(0.3)  # AT+CMGS is in flight
+            emulators["m1"].unplug()
+            failed = await next_event(pool, SendFailed)
+            assert (failed.ref, failed.transient) == (1, True)
+            assert "cucc" in failed.reason
+            assert pool.capacity() == 2  # the Telecom modem only
+
+
+async def test_failover_goes_to_the_first_modem_that_is_free(nursery, tmp_path):
+    """Every modem busy: the lost send does not queue behind one modem's backlog."""
+    network = HandsetNetwork()
+    specs = [(f"m{i}", f"+861860000001{i}", ["cucc"], {"send_delay": 0.6}) for i in range(3)]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs) as (pool, emulators):
+            for ref in range(6):  # two each: one in flight, one queued
+                await pool.send(request(ref, f"msg {ref}"))
+            await trio.sleep(0.3)
+            busy = {s.name: s.queued for s in pool.statistics()}
+            assert busy == {"m0": 2, "m1": 2, "m2": 2}
+            lost = pool._slots["m0"].in_flight.ref
+            emulators["m0"].unplug()
+            unplugged = trio.current_time()
+            while True:
+                event = await next_event(pool, PartSent)
+                if event.ref == lost:
+                    break
+            # Taken by the first modem done with its send (~0.3 s), then one send (0.6 s);
+            # queued behind a backlog it would take two more sends.
+            assert trio.current_time() - unplugged < 1.5
+            assert event.modem != "m0"
+
+
+async def test_daily_quota_counts_in_the_local_day_and_survives_a_seed(nursery, tmp_path):
+    network = HandsetNetwork()
+    now = [datetime(2026, 11, 23, 15, 30, tzinfo=timezone.utc)]  # 23:30 in Shanghai
+    specs = [("m1", "+8618600000011", ["cucc"], {"daily_quota": 3})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs, timezone="Asia/Shanghai",
+                                wall_clock=lambda: now[0]) as (pool, _):
+            assert pool.today() == "2026-11-23"
+            pool.seed_counts("2026-11-23", {"m1": 2, "elsewhere": 9})  # sent before a restart
+            pool.seed_counts("2026-11-22", {"m1": 3})  # yesterday's count does not matter
+            assert pool.statistics()[0].sent_today == 2 and pool.capacity() == 1
+            await pool.send(request(1, "the last one today"))
+            sent = await next_event(pool, PartSent)
+            assert sent.day == "2026-11-23"
+            assert pool.capacity() == 0
+            await pool.send(request(2, "tomorrow"))  # quota spent: given back, not held
+            failed = await next_event(pool, SendFailed)
+            assert (failed.ref, failed.transient) == (2, True) and "quota" in failed.reason
+            now[0] = datetime(2026, 11, 23, 16, 0, tzinfo=timezone.utc)  # midnight in Shanghai, not in UTC
+            await pool.send(request(2, "tomorrow"))
+            sent = await next_event(pool, PartSent)
+            assert (sent.ref, sent.day) == (2, "2026-11-24")
+            assert pool.statistics()[0].sent_today == 1
+
+
+async def test_direct_routing_acknowledges_cmt_and_cds_with_cnma(nursery, tmp_path):
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {"cnma_timeout": 0.5})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs,
+                                direct_routing=True) as (pool, emulators):
+            await pool.send(request(1, "report me"))
+            sent = await next_event(pool, PartSent)
+            report = await next_event(pool, ModemReport)
+            assert report.tp_mr == sent.tp_mr and report.status is StatusClass.DELIVERED
+            network.send_from_handset("13900000001", "18600000011", CHINESE)
+            mo = await next_event(pool, ModemMo)
+            assert mo.text == CHINESE
+            mo.ack()
+            network.send_from_handset("13900000001", "18600000011", "second")
+            mo2 = await next_event(pool, ModemMo)
+            assert mo2.text == "second"
+            mo2.ack()
+            await trio.sleep(0.8)  # longer than the modem waits for an acknowledgement
+            assert emulators["m1"].redelivered == 0
+            assert emulators["m1"].stored == 0  # nothing went to the SIM
+            with trio.move_on_after(0.2):
+                extra = await next_event(pool, ModemMo, ModemReport)
+                raise AssertionError(f"delivered twice: {extra}")
+
+
+async def test_unacknowledged_direct_mo_is_left_for_redelivery(nursery, tmp_path, monkeypatch):
+    monkeypatch.setattr("gateway.modem_pool.pool.CNMA_WAIT", 0.2)
+    network = HandsetNetwork()
+    specs = [("m1", "+8618600000011", ["cucc"], {"cnma_timeout": 0.5})]
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, specs,
+                                direct_routing=True) as (pool, emulators):
+            network.send_from_handset("13900000001", "18600000011", "keep me")
+            first = await next_event(pool, ModemMo)  # the consumer never acknowledges it
+            again = await next_event(pool, ModemMo)
+            assert first.text == again.text == "keep me"
+            assert emulators["m1"].redelivered == 1
+            again.ack()
+
+
+async def test_health_is_polled_only_while_no_send_proves_it(nursery, tmp_path):
+    network = HandsetNetwork()
+    with trio.fail_after(DEADLINE):
+        async with running_pool(nursery, network, tmp_path, [("m1", "+8618600000011", ["cucc"], {})],
+                                health_interval=0.5) as (pool, emulators):
+            commands = emulators["m1"].commands
+            polls = commands["+CSQ"]
+            assert polls == 1  # the start-up sequence
+            end = trio.current_time() + 1.6
+            ref = 0
+            while trio.current_time() < end:  # busy: a send every 0.1 s
+                ref += 1
+                await pool.send(request(ref, f"busy {ref}"))
+                await next_event(pool, PartSent)
+                await trio.sleep(0.1)
+            assert commands["+CSQ"] == polls and commands["+CMGS"] == ref
+            await trio.sleep(1.3)  # idle: polled again
+            assert commands["+CSQ"] >= polls + 1 and commands["+CREG?"] >= 2
