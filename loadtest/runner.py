@@ -20,7 +20,6 @@ import datetime as dt
 import resource
 import secrets
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -30,10 +29,10 @@ import trio
 from .accounting import FINAL_STATUSES, GatewayCounts, account, parse_metrics
 from .generator import OpenLoop
 from .http_client import Endpoint, HttpClientError, fetch
-from .scenarios import DEFAULT_SERVICE_NUMBER, SCENARIOS, LoadTestError, plan
-from .stack import StackOptions, open_stack, process_cpu_seconds
+from .scenarios import DEFAULT_SERVICE_NUMBER, SCENARIOS, LoadTestError, Plan, plan
+from .stack import Stack, StackOptions, open_stack, process_cpu_seconds
 
-__all__ = ["METRICS_INTERVAL", "Options", "run_loadtest"]
+__all__ = ["METRICS_INTERVAL", "Options", "run_loadtest", "run_scenario"]
 
 METRICS_INTERVAL = 1.0
 """Seconds between scrapes of the gateway's /metrics during a run."""
@@ -41,6 +40,8 @@ PROGRESS_INTERVAL = 0.5
 """Seconds between progress bar updates on a terminal (every 10 x that when not a terminal)."""
 DEFAULT_CONNECTIONS = 64
 DRAIN_POLL = 0.25
+HOLD_MARGIN = 1.0
+"""Seconds after the schedule's end at which a delivery-report storm is released."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,28 +155,34 @@ async def _read_back(endpoint: Endpoint, ids: list[str]) -> dict[str, object]:
 
 
 async def run_loadtest(options: Options, *, stream: TextIO = sys.stderr) -> dict[str, object]:
-    """Run one scenario and return the report (see :func:`loadtest.report.build_report`)."""
+    """Run one scenario, starting the stack unless the options name a target; return the report
+    (see :func:`loadtest.report.build_report`)."""
+    validate(options)
+    if options.target is not None:
+        return await run_scenario(options, stack=None, stream=stream)
+    stack_options = StackOptions(database_url=options.database_url, service_number=options.service_number,
+                                 keep_dir=options.keep_dir)
+    if options.progress:
+        print("starting the gateway and the simulators on 127.0.0.1 ...", file=stream, flush=True)
+    async with open_stack(stack_options) as stack:
+        return await run_scenario(options, stack=stack, stream=stream)
+
+
+async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO = sys.stderr) -> dict[str, object]:
+    """Run one scenario against ``stack`` (already started; several runs may share it) or, when
+    it is None, against ``options.target``."""
     from .report import build_report
 
     validate(options)
     scenario = SCENARIOS[options.scenario]
-    if options.target is not None:
-        assert options.api_key is not None
+    if stack is not None:
+        mt = Endpoint(stack.http, stack.api_key)
+        mo: Endpoint | None = Endpoint(stack.control)
+    elif options.target is not None and options.api_key is not None:
         mt = Endpoint(options.target, options.api_key)
-        return await _run(options, mt, Endpoint(options.target) if scenario.uses_mo else None, None,
-                          stream, build_report)
-    stack_options = StackOptions(database_url=options.database_url, dlr_delay_ms=scenario.dlr_delay_ms,
-                                 service_number=options.service_number, keep_dir=options.keep_dir)
-    if options.progress:
-        print("starting the gateway and the simulators on 127.0.0.1 ...", file=stream, flush=True)
-    async with open_stack(stack_options) as stack_ctx:
-        mt = Endpoint(stack_ctx.http, stack_ctx.api_key)
-        control = Endpoint(stack_ctx.control)
-        return await _run(options, mt, control, stack_ctx, stream, build_report)
-
-
-async def _run(options: Options, mt: Endpoint, mo: Endpoint | None, stack, stream: TextIO,
-               build_report: Callable[..., dict[str, object]]) -> dict[str, object]:
+        mo = Endpoint(options.target) if scenario.uses_mo else None
+    else:
+        raise LoadTestError("no stack and no --target: nothing to test")
     run_id = secrets.token_hex(3)
     endpoints = {"mt": mt} | ({"mo": mo} if mo is not None else {})
     the_plan = plan(options.scenario, rate=options.rate, duration=options.duration, count=options.count,
@@ -186,6 +193,12 @@ async def _run(options: Options, mt: Endpoint, mo: Endpoint | None, stack, strea
     cpu_before = _own_cpu()
     pids = {"gateway": stack.gateway_pid, "simulator": stack.simulator_pid} if stack is not None else {}
     proc_cpu_before = {k: process_cpu_seconds(p) for k, p in pids.items()}
+    if the_plan.scenario.hold_reports and stack is not None and mo is not None:
+        # The storm: reports of everything sent are held until the sending is over, then come at once.
+        status, _ = await fetch(mo, "POST", "/v1/sim/hold-reports",
+                                msgspec.json.encode({"seconds": _sending_time(the_plan, options) + HOLD_MARGIN}))
+        if status != 200:
+            raise LoadTestError(f"the simulator refused to hold reports ({status})")
     loop = OpenLoop(endpoints, the_plan.call, the_plan.profile, count=the_plan.requests,
                     connections=options.connections)
     timeline: list[tuple[float, GatewayCounts]] = []
@@ -232,6 +245,11 @@ async def _run(options: Options, mt: Endpoint, mo: Endpoint | None, stack, strea
                           drained=drained, simulator=sim_delta, sample=sample, cpu=cpu, started_at=started_at,
                           mode="target" if stack is None else "self-contained", target=mt.url)
     return report
+
+
+def _sending_time(the_plan: Plan, options: Options) -> float:
+    """Seconds the schedule should take: its duration, or less when the count ends it first."""
+    return min(the_plan.profile.duration, the_plan.requests / the_plan.profile.peak + options.ramp)
 
 
 def _own_cpu() -> float:

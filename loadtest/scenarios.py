@@ -12,7 +12,8 @@ Scenarios:
 - ``batch``: 100 recipients per request;
 - ``campaign``: a 100,000-recipient burst in requests of 1,000;
 - ``mo-storm``: consumers texting commands to the service number through the simulator;
-- ``dlr-storm``: MT batches whose delivery reports the simulator holds back, then sends as one wave;
+- ``dlr-storm``: MT batches whose delivery reports the simulator holds back until the sending is
+  over, then sends as one wave (self-contained mode; against a target it is a batch run);
 - ``mixed``: a day-shaped profile of singles, small batches and MOs.
 """
 
@@ -71,8 +72,8 @@ class Scenario:
     """Recipients per MT request."""
     shape: str = "constant"
     """``constant`` (or a ramp when asked) or ``day``."""
-    dlr_delay_ms: float = 0.0
-    """Delivery-report delay of the self-contained simulator."""
+    hold_reports: bool = False
+    """Self-contained mode: the simulator holds every report until the sending is over."""
     uses_mo: bool = False
     uses_mt: bool = True
 
@@ -85,7 +86,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("mo-storm", "consumers texting commands to the service number", rate=200, duration=10,
              uses_mo=True, uses_mt=False),
     Scenario("dlr-storm", "MT batches whose delivery reports come back as one wave", rate=5000, duration=5,
-             batch=100, dlr_delay_ms=3000),
+             batch=100, hold_reports=True),
     Scenario("mixed", "a day-shaped mix of singles, batches of 10 and MOs", rate=1000, duration=30,
              shape="day", uses_mo=True),
 )}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 __all__ = ["MIN_RATE", "RateProfile", "arrivals", "constant", "ramp", "day_shape"]
 
+_EPSILON = 1e-9
 MIN_RATE = 0.01
 """Requests per second below which a profile is treated as silent until its rate rises."""
 
@@ -98,7 +99,7 @@ def arrivals(profile: RateProfile, count: int | None = None) -> Iterator[float]:
     t = 0.0
     n = 0
     rate_at = profile.rate
-    duration = profile.duration
+    duration = profile.duration - _EPSILON  # sums of 1/rate drift: 10 x 0.1 is 0.99999...
     step_silent = 0.01
     while count is None or n < count:
         r = rate_at(t)

@@ -6,7 +6,9 @@ endpoint on 127.0.0.1 for the load tester:
 - ``GET /stats`` → the simulator's :class:`~gateway.cmpp.simulator.SimulatorStatistics`;
 - ``POST /v1/sim/mo {"from", "to", "text"}`` → the handset ``from`` texts ``to`` through the
   ISMG (a DELIVER to the gateway); answered 202 once the gateway acknowledged every part,
-  the same body as the demo's endpoint, so the MO storm drives either.
+  the same body as the demo's endpoint, so the MO storm drives either;
+- ``POST /v1/sim/hold-reports {"seconds": S}`` → every status report of a SUBMIT accepted in
+  the next S seconds is held until then and all go out together: a delivery-report storm.
 
 When ready it writes one JSON object to ``--ready-file``: ``{"ismg": "127.0.0.1:PORT",
 "control": "http://127.0.0.1:PORT"}``. SIGTERM or SIGINT stop it.
@@ -34,10 +36,14 @@ from gateway.config import split_listen
 from gateway.http import Request, Response, Router, error_response, serve_http
 from gateway.text import InvalidNumber, normalize_msisdn
 
-__all__ = ["MO_ACK_TIMEOUT", "control_routes", "serve_simulators", "main"]
+__all__ = ["MO_ACK_TIMEOUT", "ReportHold", "control_routes", "serve_simulators", "main"]
 
 log = logging.getLogger(__name__)
 
+MAX_HOLD = 3600.0
+"""Seconds status reports may be held back at most."""
+HOLD_STEP = 0.01
+"""Seconds between updates of the report delay while reports are held (the wave's spread)."""
 MO_ACK_TIMEOUT = 30.0
 """Seconds an MO may wait for the gateway's DELIVER_RESP before the control call gives up (503)."""
 
@@ -49,11 +55,47 @@ class _MoBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     via: str | None = None
 
 
+class _HoldBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_HOLD)]
+
+
 _mo_decoder = msgspec.json.Decoder(_MoBody)
+_hold_decoder = msgspec.json.Decoder(_HoldBody)
 _encoder = msgspec.json.Encoder()
 
 
-def control_routes(router: Router, sim: IsmgSimulator) -> None:
+class ReportHold:
+    """Holds status reports back until one instant, by keeping the simulator's ``dlr_delay``
+    equal to the time left until then (reports are due ``dlr_delay`` after their SUBMIT)."""
+
+    def __init__(self, sim: IsmgSimulator) -> None:
+        self.sim = sim
+        self.normal_delay = sim.dlr_delay
+        self.release_at: float | None = None
+        self._changed = trio.Event()
+
+    def hold(self, seconds: float) -> None:
+        self.release_at = trio.current_time() + seconds
+        self.sim.dlr_delay = seconds
+        self._changed.set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            if self.release_at is None:
+                await self._changed.wait()
+                self._changed = trio.Event()
+                continue
+            left = self.release_at - trio.current_time()
+            if left <= 0:
+                self.release_at = None
+                self.sim.dlr_delay = self.normal_delay
+                continue
+            self.sim.dlr_delay = left
+            await trio.sleep(min(HOLD_STEP, left))
+
+
+def control_routes(router: Router, sim: IsmgSimulator, hold: ReportHold) -> None:
     async def stats(request: Request) -> Response:
         return Response(status=200, body=_encoder.encode(sim.statistics()))
 
@@ -73,7 +115,16 @@ def control_routes(router: Router, sim: IsmgSimulator) -> None:
                 {"from": sender, "to": body.to, "via": "cmpp", "parts": parts}))
         return error_response(503, "link_down", "the gateway did not take the message in time")
 
+    async def hold_reports(request: Request) -> Response:
+        try:
+            body = _hold_decoder.decode(request.body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return error_response(400, "invalid_field", str(exc))
+        hold.hold(body.seconds)
+        return Response(status=200, body=_encoder.encode({"held_for_s": body.seconds}))
+
     router.add("GET", "/stats", stats)
+    router.add("POST", "/v1/sim/hold-reports", hold_reports)
     router.add("POST", "/v1/sim/mo", mo)
 
 
@@ -81,11 +132,13 @@ async def serve_simulators(args: argparse.Namespace, *, task_status=trio.TASK_ST
     sim = IsmgSimulator(sp_id=args.sp_id, secret=args.secret,
                         version=VERSION_3_0 if args.version == "3.0" else VERSION_2_0,
                         dlr_delay=args.dlr_delay_ms / 1000, count_duplicates=True)
+    hold = ReportHold(sim)
     router = Router()
-    control_routes(router, sim)
+    control_routes(router, sim, hold)
     ismg_host, ismg_port = split_listen(args.ismg)
     control_host, control_port = split_listen(args.control)
     async with trio.open_nursery() as nursery:
+        await nursery.start(hold.run)
         ismg_port = await nursery.start(sim.serve, ismg_host, ismg_port)
         control_port = await nursery.start(functools.partial(serve_http, router, control_host, control_port))
         info = {"ismg": f"{ismg_host}:{ismg_port}", "control": f"http://{control_host}:{control_port}"}
