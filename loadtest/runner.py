@@ -29,7 +29,7 @@ import trio
 from .accounting import FINAL_STATUSES, GatewayCounts, account, parse_metrics
 from .generator import OpenLoop
 from .http_client import Endpoint, HttpClientError, fetch
-from .scenarios import DEFAULT_SERVICE_NUMBER, SCENARIOS, LoadTestError, Plan, plan
+from .scenarios import DEFAULT_SERVICE_NUMBER, SCENARIOS, LoadTestError, Plan, check_options, plan
 from .stack import Stack, StackOptions, open_stack, process_cpu_seconds
 
 __all__ = ["METRICS_INTERVAL", "Options", "run_loadtest", "run_scenario"]
@@ -64,8 +64,9 @@ class Options:
 
 
 def validate(options: Options) -> None:
-    if options.scenario not in SCENARIOS:
-        raise LoadTestError(f"--scenario: unknown scenario {options.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    """Refuse bad options before anything starts; the error names the option."""
+    check_options(options.scenario, rate=options.rate, duration=options.duration, count=options.count,
+                  ramp_s=options.ramp)
     if (options.target is None) != (options.api_key is None):
         raise LoadTestError("--target and --api-key go together")
     if options.target is not None:

@@ -30,7 +30,7 @@ from .generator import Call
 from .http_client import Endpoint, render_request
 from .schedule import RateProfile, constant, day_shape, ramp
 
-__all__ = ["MO_COMMANDS", "SCENARIOS", "LoadTestError", "Plan", "Scenario", "plan"]
+__all__ = ["MO_COMMANDS", "SCENARIOS", "LoadTestError", "Plan", "Scenario", "check_options", "plan"]
 
 MAX_DURATION = 3600.0
 """Seconds a run may last at most."""
@@ -115,6 +115,14 @@ def _mixed_kind(i: int) -> int:
 def plan(name: str, *, rate: float | None, duration: float | None, count: int | None, ramp_s: float,
          endpoints: dict[str, Endpoint], run_id: str, service_number: str = DEFAULT_SERVICE_NUMBER) -> Plan:
     """Resolve a scenario's options; raises :class:`LoadTestError` naming the bad one."""
+    scenario, rate, duration, count = check_options(name, rate=rate, duration=duration, count=count, ramp_s=ramp_s)
+    return _plan(scenario, rate, duration, count, ramp_s, endpoints, run_id, service_number)
+
+
+def check_options(name: str, *, rate: float | None, duration: float | None, count: int | None,
+                  ramp_s: float) -> tuple[Scenario, float, float, int | None]:
+    """The scenario and its rate, duration and count with defaults filled in; raises
+    :class:`LoadTestError` naming a bad option."""
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise LoadTestError(f"--scenario: unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
@@ -130,6 +138,12 @@ def plan(name: str, *, rate: float | None, duration: float | None, count: int | 
         raise LoadTestError(f"--count must be within 1..{MAX_COUNT}")
     if ramp_s < 0:
         raise LoadTestError("--ramp must not be negative")
+    return scenario, rate, duration, count
+
+
+def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, ramp_s: float,
+          endpoints: dict[str, Endpoint], run_id: str, service_number: str) -> Plan:
+    name = scenario.name
 
     mt = endpoints.get("mt")
     mo = endpoints.get("mo")
