@@ -54,12 +54,14 @@ def render_request(endpoint: Endpoint, method: str, path: str, body: bytes = b""
 class _Parsed:
     """httptools callbacks for one response at a time."""
 
-    __slots__ = ("body", "complete", "too_large")
+    __slots__ = ("body", "complete", "too_large", "keep_alive", "parser")
 
     def __init__(self) -> None:
         self.body = bytearray()
         self.complete = False
         self.too_large = False
+        self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_body(self, chunk: bytes) -> None:
         if len(self.body) + len(chunk) > MAX_RESPONSE_BODY:
@@ -69,6 +71,8 @@ class _Parsed:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # Only meaningful inside the callback: afterwards the parser has reset for the next message.
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 class Connection:
@@ -91,7 +95,7 @@ class Connection:
             self.connects += 1
         stream = self._stream
         state = _Parsed()
-        parser = httptools.HttpResponseParser(state)
+        parser = state.parser
         try:
             await stream.send_all(data)
             while not state.complete:
@@ -110,7 +114,7 @@ class Connection:
         except BaseException:
             await self.aclose()  # cancelled mid-exchange: the connection is in an unknown state
             raise
-        if not parser.should_keep_alive():
+        if not state.keep_alive:
             await self.aclose()
         return parser.get_status_code(), bytes(state.body)
 
