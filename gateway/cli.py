@@ -132,7 +132,7 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
     options = Options(scenario=args.scenario, rate=args.rate, duration=args.duration, count=args.count,
                       ramp=args.ramp, target=args.target, api_key=args.api_key, json_path=args.json,
                       plots_dir=args.plots, connections=args.connections, drain_timeout=args.drain_timeout,
-                      database_url=args.database_url or "", service_number=args.service_number,
+                      database_url=args.database_url or "", service_number=args.service_number, modems=args.modems,
                       progress=not args.quiet, keep_dir=args.keep_dir)
     report = trio.run(run_loadtest, options)
     if args.plots:
@@ -175,6 +175,8 @@ def _add_loadtest_parser(sub) -> None:
                     help="seconds to wait for accepted messages to become final (default 120)")
     lt.add_argument("--database-url", help="self-contained mode: use this PostgreSQL instead of an embedded one")
     lt.add_argument("--service-number", default="10658888", help="where MO storms text to (default 10658888)")
+    lt.add_argument("--modems", type=int, default=0,
+                    help="self-contained mode: also start N emulated modems; the mixed scenario sends 1%% to them")
     lt.add_argument("--keep-dir", action="store_true", help="keep the self-contained stack's directory and logs")
     lt.add_argument("--quiet", action="store_true", help="no progress bar")
     lt.set_defaults(func=cmd_loadtest)

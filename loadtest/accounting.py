@@ -27,6 +27,8 @@ class GatewayCounts:
     accepted: float = 0.0
     by_status: dict[str, float] = field(default_factory=dict)
     mo_received: float = 0.0
+    by_channel: dict[tuple[str, str], float] = field(default_factory=dict)
+    """Transitions by (status, channel)."""
 
     @property
     def final(self) -> float:
@@ -34,10 +36,15 @@ class GatewayCounts:
 
     def minus(self, before: GatewayCounts) -> GatewayCounts:
         statuses = set(self.by_status) | set(before.by_status)
+        keys = set(self.by_channel) | set(before.by_channel)
         return GatewayCounts(
             accepted=self.accepted - before.accepted,
             by_status={s: self.by_status.get(s, 0.0) - before.by_status.get(s, 0.0) for s in statuses},
-            mo_received=self.mo_received - before.mo_received)
+            mo_received=self.mo_received - before.mo_received,
+            by_channel={k: self.by_channel.get(k, 0.0) - before.by_channel.get(k, 0.0) for k in keys})
+
+    def on(self, status: str, channel: str) -> float:
+        return self.by_channel.get((status, channel), 0.0)
 
 
 def parse_metrics(text: str) -> GatewayCounts:
@@ -45,6 +52,7 @@ def parse_metrics(text: str) -> GatewayCounts:
     accepted = 0.0
     mo = 0.0
     by_status: dict[str, float] = {}
+    by_channel: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if not line.startswith("smsgw_"):
             continue
@@ -57,9 +65,11 @@ def parse_metrics(text: str) -> GatewayCounts:
         elif name == "smsgw_mo_received_total":
             mo += value
         elif name == "smsgw_messages_total":
-            status = dict(_LABEL_RE.findall(labels)).get("status", "")
+            label = dict(_LABEL_RE.findall(labels))
+            status, channel = label.get("status", ""), label.get("channel", "")
             by_status[status] = by_status.get(status, 0.0) + value
-    return GatewayCounts(accepted=accepted, by_status=by_status, mo_received=mo)
+            by_channel[(status, channel)] = by_channel.get((status, channel), 0.0) + value
+    return GatewayCounts(accepted=accepted, by_status=by_status, mo_received=mo, by_channel=by_channel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +100,13 @@ class Accounting:
         return self.lost == 0 and not self.duplicates and all(c.ok for c in self.checks)
 
 
-def account(*, mt_accepted: int, mo_accepted: int, delta: GatewayCounts, sim: dict[str, int] | None) -> Accounting:
+def account(*, mt_accepted: int, mo_accepted: int, delta: GatewayCounts, sim: dict[str, int] | None,
+            cmpp_channel: str | None = None, handsets: dict[str, int] | None = None) -> Accounting:
     """Compare the client's acknowledgements with the gateway's counters and, when there is
-    one, the simulator's. ``lost`` is what was acknowledged and never reached a final state
-    (or, for MOs, was acknowledged to the handset and not stored)."""
+    one, the simulator's (``sim``: the ISMG's counts; ``cmpp_channel``: the gateway's name for
+    the link to it; ``handsets``: what the emulated modems' handsets received, and repeats).
+    ``lost`` is what was acknowledged and never reached a final state (or, for MOs, was
+    acknowledged to the handset and not stored)."""
     mt_final = int(delta.final)
     mo_stored = int(delta.mo_received)
     lost = max(0, mt_accepted - mt_final) + max(0, mo_accepted - mo_stored)
@@ -104,11 +117,22 @@ def account(*, mt_accepted: int, mo_accepted: int, delta: GatewayCounts, sim: di
     if sim is not None:
         duplicates = int(sim.get("duplicates", 0)) + mo_duplicates
         unique_submits = int(sim.get("accepted", 0)) - int(sim.get("duplicates", 0))
-        checks.append(Check("simulator unique SUBMITs = gateway submitted", int(delta.by_status.get("submitted", 0)),
-                            unique_submits))
+        submitted, delivered = delta.by_status.get("submitted", 0), delta.by_status.get("delivered", 0)
+        if cmpp_channel is not None:
+            # The gateway labels a batch of "submitted" transitions with its first event's channel,
+            # so the CMPP share is the total less what the modems delivered (every message
+            # submitted to a modem was delivered once the run drained).
+            delivered = delta.on("delivered", cmpp_channel)
+            submitted -= delta.by_status.get("delivered", 0) - delivered
+        checks.append(Check("simulator unique SUBMITs = gateway submitted", int(submitted), unique_submits))
         # The load test's simulator reports every message DELIVRD.
         checks.append(Check("simulator reports acked = gateway delivered", int(sim.get("reports_acked", 0)),
-                            int(delta.by_status.get("delivered", 0))))
+                            int(delivered)))
+        if handsets is not None and cmpp_channel is not None:
+            duplicates += int(handsets.get("duplicates", 0))
+            via_modems = delta.by_status.get("delivered", 0) - delta.on("delivered", cmpp_channel)
+            checks.append(Check("handsets' messages from modems = gateway delivered via modems", int(via_modems),
+                                int(handsets.get("received", 0))))
         if mo_accepted:
             checks.append(Check("simulator MOs acked = gateway MOs stored", int(sim.get("mo_acked", 0)), mo_stored))
     elif mo_duplicates:

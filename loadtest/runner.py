@@ -30,7 +30,7 @@ from .accounting import FINAL_STATUSES, GatewayCounts, account, parse_metrics
 from .generator import OpenLoop
 from .http_client import Endpoint, HttpClientError, fetch
 from .scenarios import DEFAULT_SERVICE_NUMBER, SCENARIOS, LoadTestError, Plan, check_options, plan
-from .stack import Stack, StackOptions, open_stack, process_cpu_seconds
+from .stack import CMPP_CHANNEL, Stack, StackOptions, open_stack, process_cpu_seconds
 
 __all__ = ["METRICS_INTERVAL", "Options", "run_loadtest", "run_scenario"]
 
@@ -39,6 +39,7 @@ METRICS_INTERVAL = 1.0
 PROGRESS_INTERVAL = 0.5
 """Seconds between progress bar updates on a terminal (every 10 x that when not a terminal)."""
 DEFAULT_CONNECTIONS = 64
+MAX_MODEMS = 64
 DRAIN_POLL = 0.25
 HOLD_MARGIN = 1.0
 """Seconds after the schedule's end at which a delivery-report storm is released."""
@@ -59,6 +60,8 @@ class Options:
     drain_timeout: float = 120.0
     database_url: str = ""
     service_number: str = DEFAULT_SERVICE_NUMBER
+    modems: int = 0
+    """Self-contained mode: emulated modems to start (the mixed scenario sends 1 % to them)."""
     progress: bool = True
     keep_dir: bool = False
 
@@ -73,6 +76,10 @@ def validate(options: Options) -> None:
         Endpoint(options.target)  # raises on a malformed URL
     if not 1 <= options.connections <= 10_000:
         raise LoadTestError("--connections must be within 1..10000")
+    if not 0 <= options.modems <= MAX_MODEMS:
+        raise LoadTestError(f"--modems must be within 0..{MAX_MODEMS}")
+    if options.modems and options.target is not None:
+        raise LoadTestError("--modems starts emulated modems for the self-contained stack; it does not go with --target")
     if not 0 < options.drain_timeout <= 3600:
         raise LoadTestError("--drain-timeout must be within (0, 3600] seconds")
 
@@ -162,7 +169,7 @@ async def run_loadtest(options: Options, *, stream: TextIO = sys.stderr) -> dict
     if options.target is not None:
         return await run_scenario(options, stack=None, stream=stream)
     stack_options = StackOptions(database_url=options.database_url, service_number=options.service_number,
-                                 keep_dir=options.keep_dir)
+                                 modems=options.modems, keep_dir=options.keep_dir)
     if options.progress:
         print("starting the gateway and the simulators on 127.0.0.1 ...", file=stream, flush=True)
     async with open_stack(stack_options) as stack:
@@ -187,7 +194,8 @@ async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO 
     run_id = secrets.token_hex(3)
     endpoints = {"mt": mt} | ({"mo": mo} if mo is not None else {})
     the_plan = plan(options.scenario, rate=options.rate, duration=options.duration, count=options.count,
-                    ramp_s=options.ramp, endpoints=endpoints, run_id=run_id, service_number=options.service_number)
+                    ramp_s=options.ramp, endpoints=endpoints, run_id=run_id, service_number=options.service_number,
+                    modems=stack is not None and stack.modems > 0)
     started_at = dt.datetime.now(dt.UTC)
     before = await scrape(mt)
     sim_before = await simulator_stats(mo) if stack is not None and mo is not None else None
@@ -235,7 +243,15 @@ async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO 
     sim_after = await simulator_stats(mo) if sim_before is not None and mo is not None else None
     sim_delta = ({k: v - sim_before.get(k, 0) for k, v in sim_after.items() if isinstance(v, int)}
                  if sim_after is not None and sim_before is not None else None)
-    acc = account(mt_accepted=mt_accepted, mo_accepted=mo_accepted, delta=after.minus(before), sim=sim_delta)
+    handsets = None
+    if stack is not None and stack.modems and mo is not None:
+        numbers = the_plan.modem_numbers(res.requests)
+        status, body = await fetch(mo, "POST", "/v1/sim/inbox-counts", msgspec.json.encode({"numbers": numbers}))
+        if status != 200:
+            raise LoadTestError(f"the simulators' inbox counts answered {status}")
+        handsets = msgspec.json.decode(body) | {"sent": len(numbers)}
+    acc = account(mt_accepted=mt_accepted, mo_accepted=mo_accepted, delta=after.minus(before), sim=sim_delta,
+                  cmpp_channel=CMPP_CHANNEL if stack is not None else None, handsets=handsets)
     sample = await _read_back(mt, res.sample_ids)
     cpu = {"generator": round(cpu_send, 2)}
     for k, p in pids.items():
@@ -243,7 +259,8 @@ async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO 
         cpu[k] = round(a - b, 2) if a is not None and b is not None else None
     report = build_report(options=options, plan=the_plan, results=res, accounting=acc, before=before, after=after,
                           timeline=timeline, t0=t0, send_seconds=send_end - t0, drain_seconds=drain_seconds,
-                          drained=drained, simulator=sim_delta, sample=sample, cpu=cpu, started_at=started_at,
+                          drained=drained, simulator=sim_delta, handsets=handsets, sample=sample, cpu=cpu,
+                          started_at=started_at,
                           mode="target" if stack is None else "self-contained", target=mt.url)
     return report
 

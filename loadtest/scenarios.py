@@ -53,6 +53,11 @@ def destination(n: int) -> str:
     return f"138{n % 100_000_000:08d}"
 
 
+def modem_destination(n: int) -> str:
+    """The n-th test recipient on the emulated modems: a China Unicom number (1867 prefix)."""
+    return f"1867{n % 10_000_000:07d}"
+
+
 def consumer(n: int) -> str:
     """The n-th consumer texting in: a China Mobile number (139 prefix)."""
     return f"139{n % 100_000_000:08d}"
@@ -93,6 +98,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 
 #: The mixed scenario's share of each call kind, in percent: singles, batches of 10, MOs.
 MIXED_SINGLE, MIXED_BATCH, MIXED_BATCH_SIZE = 80, 15, 10
+#: With emulated modems, this share of the mixed scenario's singles (in percent of all calls)
+#: goes to China Unicom numbers, which the gateway routes to the modems.
+MIXED_MODEM = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,8 @@ class Plan:
     messages_per_call: float
     call: Callable[[int], Call]
     run_id: str
+    modem_numbers: Callable[[int], list[str]] = lambda sent: []
+    """The modem recipients among the first ``sent`` requests."""
 
 
 def _mixed_kind(i: int) -> int:
@@ -113,10 +123,12 @@ def _mixed_kind(i: int) -> int:
 
 
 def plan(name: str, *, rate: float | None, duration: float | None, count: int | None, ramp_s: float,
-         endpoints: dict[str, Endpoint], run_id: str, service_number: str = DEFAULT_SERVICE_NUMBER) -> Plan:
-    """Resolve a scenario's options; raises :class:`LoadTestError` naming the bad one."""
+         endpoints: dict[str, Endpoint], run_id: str, service_number: str = DEFAULT_SERVICE_NUMBER,
+         modems: bool = False) -> Plan:
+    """Resolve a scenario's options; raises :class:`LoadTestError` naming the bad one. With
+    ``modems``, the mixed scenario also sends to numbers the emulated modems serve."""
     scenario, rate, duration, count = check_options(name, rate=rate, duration=duration, count=count, ramp_s=ramp_s)
-    return _plan(scenario, rate, duration, count, ramp_s, endpoints, run_id, service_number)
+    return _plan(scenario, rate, duration, count, ramp_s, endpoints, run_id, service_number, modems)
 
 
 def check_options(name: str, *, rate: float | None, duration: float | None, count: int | None,
@@ -142,8 +154,9 @@ def check_options(name: str, *, rate: float | None, duration: float | None, coun
 
 
 def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, ramp_s: float,
-          endpoints: dict[str, Endpoint], run_id: str, service_number: str) -> Plan:
+          endpoints: dict[str, Endpoint], run_id: str, service_number: str, modems: bool) -> Plan:
     name = scenario.name
+    modem_numbers: Callable[[int], list[str]] = lambda sent: []
 
     mt = endpoints.get("mt")
     mo = endpoints.get("mo")
@@ -170,12 +183,17 @@ def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, r
     elif scenario.name == "mixed":
         def call(i: int) -> Call:
             k = _mixed_kind(i)
+            if modems and k < MIXED_MODEM:
+                return mt_call([modem_destination(i)], f"LT{run_id} {i}")
             if k < MIXED_SINGLE:
                 return mt_call([destination(i * MIXED_BATCH_SIZE)], f"LT{run_id} {i}")
             if k < MIXED_SINGLE + MIXED_BATCH:
                 base = i * MIXED_BATCH_SIZE
                 return mt_call([destination(base + j) for j in range(MIXED_BATCH_SIZE)], f"LT{run_id} {i}")
             return mo_call(i)
+        if modems:
+            def modem_numbers(sent: int) -> list[str]:
+                return [modem_destination(i) for i in range(sent) if _mixed_kind(i) < MIXED_MODEM]
         mo_share = (100 - MIXED_SINGLE - MIXED_BATCH) / 100
         per_call = MIXED_SINGLE / 100 + MIXED_BATCH / 100 * MIXED_BATCH_SIZE + mo_share
     else:
@@ -197,4 +215,4 @@ def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, r
         requests = min(requests, max(1, round(count / per_call)))
     if requests < 1:
         raise LoadTestError("the options leave no request to send: raise --rate or --duration")
-    return Plan(scenario, profile, requests, per_call, call, run_id)
+    return Plan(scenario, profile, requests, per_call, call, run_id, modem_numbers)

@@ -272,6 +272,26 @@ def test_plans_turn_message_rates_into_request_rates():
     assert b"POST /v1/sim/mo " in mo.call(0).data and b"Authorization" not in mo.call(0).data
 
 
+def test_mixed_plan_sends_one_call_in_a_hundred_to_the_modems_when_there_are_some():
+    without = plan("mixed", rate=None, duration=None, count=None, ramp_s=0, endpoints=ENDPOINTS, run_id="r")
+    assert without.modem_numbers(1000) == []
+    p = plan("mixed", rate=None, duration=None, count=None, ramp_s=0, endpoints=ENDPOINTS, run_id="r", modems=True)
+    numbers = p.modem_numbers(1000)
+    assert len(numbers) == 10 and all(n.startswith("1867") for n in numbers)
+    sent_to = [json.loads(p.call(i).data.split(b"\r\n\r\n", 1)[1]).get("to") for i in range(1000)]
+    assert [n for n in sent_to if isinstance(n, str) and n.startswith("1867")] == numbers
+
+
+def test_modem_handsets_join_the_accounting():
+    delta = GatewayCounts(accepted=10, by_status={"delivered": 10, "submitted": 10},
+                          by_channel={("delivered", "cmpp"): 8, ("delivered", "modems"): 2})
+    sim = {"accepted": 8, "duplicates": 0, "reports_acked": 8}
+    acc = account(mt_accepted=10, mo_accepted=0, delta=delta, sim=sim, cmpp_channel="cmpp",
+                  handsets={"received": 3, "duplicates": 1})
+    assert acc.duplicates == 1 and acc.lost == 0
+    assert [c.name for c in acc.checks if not c.ok] == ["handsets' messages from modems = gateway delivered via modems"]
+
+
 def test_mixed_plan_mixes_singles_batches_and_mos():
     p = plan("mixed", rate=None, duration=None, count=None, ramp_s=0, endpoints=ENDPOINTS, run_id="r")
     calls = [p.call(i) for i in range(2000)]

@@ -40,7 +40,8 @@ def _assert_clean(report: dict, *, expect_mo: bool = False) -> None:
 async def test_every_scenario_runs_clean_on_the_self_contained_stack(database_url, tmp_path):
     quiet = {"progress": False, "drain_timeout": 30.0, "connections": 16}
     with trio.fail_after(150):
-        async with open_stack(StackOptions(database_url=database_url)) as stack:
+        async with open_stack(StackOptions(database_url=database_url, modems=2)) as stack:
+            assert stack.modems == 2
             single = await run_scenario(Options("single", rate=100, duration=1.0, **quiet), stack=stack)
             _assert_clean(single)
             assert single["accepted"] == 100 and single["delivered"] == 100
@@ -71,6 +72,10 @@ async def test_every_scenario_runs_clean_on_the_self_contained_stack(database_ur
             mixed = await run_scenario(Options("mixed", rate=100, duration=4.0, **quiet), stack=stack)
             _assert_clean(mixed, expect_mo=True)
             assert set(mixed["latency_ms_by_kind"]) == {"mt", "mo"}
+            # One call in a hundred went to a China Unicom number, through an emulated modem.
+            handsets = mixed["modem_handsets"]
+            assert handsets["sent"] >= 1 and handsets["received"] == handsets["sent"] and handsets["duplicates"] == 0
+            assert mixed["gateway"]["by_channel"]["delivered/modems"] == handsets["sent"]
 
             # The same gateway as a target: no simulator of the run's own, so duplicates go uncounted.
             target = await run_scenario(Options("single", rate=50, duration=1.0, target=stack.http,
