@@ -29,6 +29,8 @@ class GatewayCounts:
     mo_received: float = 0.0
     by_channel: dict[tuple[str, str], float] = field(default_factory=dict)
     """Transitions by (status, channel)."""
+    reports_unmatched: float = 0.0
+    """Delivery reports the gateway gave up matching to a message."""
 
     @property
     def final(self) -> float:
@@ -41,6 +43,7 @@ class GatewayCounts:
             accepted=self.accepted - before.accepted,
             by_status={s: self.by_status.get(s, 0.0) - before.by_status.get(s, 0.0) for s in statuses},
             mo_received=self.mo_received - before.mo_received,
+            reports_unmatched=self.reports_unmatched - before.reports_unmatched,
             by_channel={k: self.by_channel.get(k, 0.0) - before.by_channel.get(k, 0.0) for k in keys})
 
     def on(self, status: str, channel: str) -> float:
@@ -51,6 +54,7 @@ def parse_metrics(text: str) -> GatewayCounts:
     """The counters load accounting needs, summed over channels, from an exposition."""
     accepted = 0.0
     mo = 0.0
+    unmatched = 0.0
     by_status: dict[str, float] = {}
     by_channel: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
@@ -64,12 +68,15 @@ def parse_metrics(text: str) -> GatewayCounts:
             accepted += value
         elif name == "smsgw_mo_received_total":
             mo += value
+        elif name == "smsgw_delivery_reports_unmatched_total":
+            unmatched += value
         elif name == "smsgw_messages_total":
             label = dict(_LABEL_RE.findall(labels))
             status, channel = label.get("status", ""), label.get("channel", "")
             by_status[status] = by_status.get(status, 0.0) + value
             by_channel[(status, channel)] = by_channel.get((status, channel), 0.0) + value
-    return GatewayCounts(accepted=accepted, by_status=by_status, mo_received=mo, by_channel=by_channel)
+    return GatewayCounts(accepted=accepted, by_status=by_status, mo_received=mo, by_channel=by_channel,
+                         reports_unmatched=unmatched)
 
 
 @dataclass(frozen=True, slots=True)

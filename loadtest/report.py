@@ -123,6 +123,7 @@ def build_report(*, options, plan: Plan, results: Results, accounting: Accountin
         "latency_ms_by_kind": {kind: latency_ms(h) for kind, h in sorted(results.latency.items())},
         "generator_lag_ms": latency_ms(results.start_delay),
         "gateway": {"accepted": delta.accepted, "mo_received": delta.mo_received,
+                    "reports_unmatched": delta.reports_unmatched,
                     "by_status": {k: v for k, v in sorted(delta.by_status.items()) if v},
                     "by_channel": {f"{s}/{c or '-'}": v for (s, c), v in sorted(delta.by_channel.items()) if v}},
         "simulator": simulator,

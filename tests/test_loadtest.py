@@ -230,8 +230,10 @@ def test_parse_metrics_reads_the_gateways_own_exposition():
     m.messages.labels("delivered", "m1").inc(1)
     m.messages.labels("expired", "").inc(1)
     m.mo_received.labels("cmcc-1").inc(3)
+    m.reports_unmatched.labels("cmcc-1").inc(2)
     counts = parse_metrics(m.exposition().decode())
-    assert counts.accepted == 7 and counts.mo_received == 3
+    assert counts.accepted == 7 and counts.mo_received == 3 and counts.reports_unmatched == 2
+    assert counts.on("delivered", "m1") == 1 and counts.on("delivered", "cmcc-1") == 5
     assert counts.by_status["delivered"] == 6 and counts.final == 7
 
 
