@@ -85,7 +85,6 @@ class Results:
     sample_ids: list[str] = field(default_factory=list)
     first_start: float | None = None
     last_done: float | None = None
-    scheduled_end: float = 0.0
 
     def interval(self, second: int) -> Interval:
         iv = self.intervals.get(second)
@@ -121,11 +120,6 @@ class OpenLoop:
         self._accepted_seen = 0
         self.finished = trio.Event()
 
-    def expected(self) -> int:
-        """How many requests the schedule holds."""
-        n = int(self.profile.expected())
-        return min(n, self.count) if self.count is not None else n
-
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.t0 = trio.current_time()
         self._schedule = enumerate(arrivals(self.profile, self.count))
@@ -147,7 +141,6 @@ class OpenLoop:
                 except StopIteration:
                     return
                 intended = self.t0 + offset
-                res.scheduled_end = max(res.scheduled_end, offset)
                 if intended > trio.current_time():
                     await trio.sleep_until(intended)
                 call = self.call(index)

@@ -114,12 +114,20 @@ class Plan:
     messages_per_call: float
     call: Callable[[int], Call]
     run_id: str
-    modem_numbers: Callable[[int], list[str]] = lambda sent: []
+    modem_numbers: Callable[[int], list[str]]
     """The modem recipients among the first ``sent`` requests."""
 
 
 def _mixed_kind(i: int) -> int:
     return (i * 2654435761) % 100  # a fixed, well-spread permutation of the indices
+
+
+def _no_modem_numbers(sent: int) -> list[str]:
+    return []
+
+
+def _mixed_modem_numbers(sent: int) -> list[str]:
+    return [modem_destination(i) for i in range(sent) if _mixed_kind(i) < MIXED_MODEM]
 
 
 def plan(name: str, *, rate: float | None, duration: float | None, count: int | None, ramp_s: float,
@@ -156,7 +164,7 @@ def check_options(name: str, *, rate: float | None, duration: float | None, coun
 def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, ramp_s: float,
           endpoints: dict[str, Endpoint], run_id: str, service_number: str, modems: bool) -> Plan:
     name = scenario.name
-    modem_numbers: Callable[[int], list[str]] = lambda sent: []
+    modem_numbers = _no_modem_numbers
 
     mt = endpoints.get("mt")
     mo = endpoints.get("mo")
@@ -192,8 +200,7 @@ def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, r
                 return mt_call([destination(base + j) for j in range(MIXED_BATCH_SIZE)], f"LT{run_id} {i}")
             return mo_call(i)
         if modems:
-            def modem_numbers(sent: int) -> list[str]:
-                return [modem_destination(i) for i in range(sent) if _mixed_kind(i) < MIXED_MODEM]
+            modem_numbers = _mixed_modem_numbers
         mo_share = (100 - MIXED_SINGLE - MIXED_BATCH) / 100
         per_call = MIXED_SINGLE / 100 + MIXED_BATCH / 100 * MIXED_BATCH_SIZE + mo_share
     else:
