@@ -111,6 +111,7 @@ def build_report(*, options, plan: Plan, results: Results, accounting: Accountin
         "duplicates": acc.duplicates,
         "drained": drained,
         "verdict": verdict(acc, drained),
+        "clean": acc.lost == 0 and not acc.duplicates and (mode == "target" or all(c.ok for c in acc.checks)),
         "checks": [{"name": c.name, "expected": c.expected, "actual": c.actual, "ok": c.ok} for c in acc.checks],
         "throughput_per_s": round(accepted_messages / send_seconds, 1) if send_seconds > 0 else 0.0,
         "final_throughput_per_s": round(acc.final / (send_seconds + drain_seconds), 1)

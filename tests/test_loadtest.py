@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -208,6 +209,14 @@ async def test_connection_reports_a_closed_server():
         with pytest.raises(HttpClientError):
             await conn.request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         nursery.cancel_scope.cancel()
+
+
+async def test_progress_line_shows_the_current_rate_and_percentiles(nursery, slow_autojump_clock):
+    from loadtest.runner import _Progress
+
+    loop, _ = await _run_loop(nursery, [], connections=4, rate=20.0, duration=2.0)
+    line = _Progress(loop, 40, io.StringIO()).line(loop.t0 + 2.0)
+    assert line.startswith("[" + "#" * 30 + "] 100% 40/40 requests  20 msg/s  in flight 0  p99 ")
 
 
 def test_endpoint_wants_an_http_url():

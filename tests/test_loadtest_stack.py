@@ -31,7 +31,7 @@ def _assert_clean(report: dict, *, expect_mo: bool = False) -> None:
     assert report["lost"] == 0 and report["duplicates"] == 0, report["verdict"]
     assert all(c["ok"] for c in report["checks"]), report["checks"]
     assert report["errors"] == {}
-    assert report["verdict"] == "no loss, no duplicates"
+    assert report["verdict"] == "no loss, no duplicates" and report["clean"] is True
     assert report["persisted_sample"]["checked"] == report["persisted_sample"]["final"]
     if expect_mo:
         assert report["gateway"]["mo_received"] > 0
@@ -98,7 +98,7 @@ async def test_lost_messages_are_reported(nursery, database_url):
                                         progress=False, drain_timeout=1.0), stack=None)
     assert report["accepted"] == 20 and report["final"] == 0
     assert report["lost"] == 20 and report["drained"] is False
-    assert report["verdict"].startswith("LOST 20 of 20 acknowledged messages")
+    assert report["verdict"].startswith("LOST 20 of 20 acknowledged messages") and report["clean"] is False
     assert report["persisted_sample"]["final"] == 0
 
 
