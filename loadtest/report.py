@@ -43,7 +43,8 @@ def verdict(acc: Accounting, drained: bool) -> str:
         parts.append("no duplicates")
     failed = [c.name for c in acc.checks if not c.ok]
     if failed:
-        parts.append("MISMATCH: " + "; ".join(failed))
+        parts.append("MISMATCH: " + "; ".join(failed)
+                     + ("" if drained else " (messages were still in flight: raise --drain-timeout)"))
     return ", ".join(parts)
 
 

@@ -257,6 +257,7 @@ def test_accounting_names_losses_duplicates_and_mismatches():
     off = account(mt_accepted=10, mo_accepted=0, delta=after.minus(before), sim=sim | {"reports_acked": 9})
     assert [c.name for c in off.checks if not c.ok] == ["simulator reports acked = gateway delivered"]
     assert "MISMATCH: simulator reports acked" in verdict(off, drained=True)
+    assert verdict(off, drained=False).endswith("(messages were still in flight: raise --drain-timeout)")
     text = verdict(acc, drained=False)
     assert "LOST 2 of 15" in text and "1 DUPLICATES" in text and "drain timed out" in text
 
