@@ -178,7 +178,7 @@ def _add_loadtest_parser(sub) -> None:
     lt.add_argument("--service-number", default="10658888", help="where MO storms text to (default 10658888)")
     lt.add_argument("--modems", type=int, default=0,
                     help="self-contained mode: also start N emulated modems; the mixed scenario sends 1%% to them")
-    lt.add_argument("--keep-dir", action="store_true", help="keep the self-contained stack's directory and logs")
+    lt.add_argument("--keep-dir", action="store_true", help="keep the self-contained stack's directory and logs (kept anyway after a bad run)")
     lt.add_argument("--quiet", action="store_true", help="no progress bar")
     lt.set_defaults(func=cmd_loadtest)
 

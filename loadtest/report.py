@@ -162,6 +162,10 @@ def summary(report: dict[str, object]) -> str:
                               f", got {check['actual']:,}"))
     if report["errors"]:
         rows.append(("errors", "; ".join(f"{k} x{v}" for k, v in report["errors"].items())))  # type: ignore[union-attr]
+    if report.get("gateway_log_warnings"):
+        rows.append(("gateway log", f"{report['gateway_log_warnings']} warnings or errors"))
+    if report.get("kept_dir"):
+        rows.append(("kept", f"{report['kept_dir']} (gateway.log, simulators.log, the database in data/)"))
     rows.append(("verdict", str(report["verdict"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

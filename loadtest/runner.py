@@ -20,6 +20,7 @@ import datetime as dt
 import resource
 import secrets
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -173,7 +174,21 @@ async def run_loadtest(options: Options, *, stream: TextIO = sys.stderr) -> dict
     if options.progress:
         print("starting the gateway and the simulators on 127.0.0.1 ...", file=stream, flush=True)
     async with open_stack(stack_options) as stack:
-        return await run_scenario(options, stack=stack, stream=stream)
+        report = await run_scenario(options, stack=stack, stream=stream)
+        # The stack's directory (logs, database) is kept when the run was not clean: the evidence.
+        stack.keep = stack.keep or not report["clean"]
+        report["gateway_log_warnings"] = _count_warnings(stack.directory / "gateway.log")
+        report["kept_dir"] = str(stack.directory) if stack.keep else None
+    return report
+
+
+def _count_warnings(log: Path) -> int:
+    """Lines the gateway logged at WARNING or above during the run (it runs at WARNING)."""
+    try:
+        with open(log, errors="replace") as f:
+            return sum(1 for line in f if " WARNING " in line or " ERROR " in line or " CRITICAL " in line)
+    except OSError:
+        return 0
 
 
 async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO = sys.stderr) -> dict[str, object]:

@@ -10,7 +10,8 @@
 
 waits until the gateway's ``/healthz`` answers 200 (the link is up), yields a :class:`Stack`,
 and on the way out stops both with SIGTERM (SIGKILL after :data:`STOP_TIMEOUT`) and removes
-the temporary directory. Their logs go to files in it, quoted when something fails to start.
+the temporary directory unless ``keep_dir``. Their logs go to files in it, quoted when
+something fails to start.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class StackOptions:
     """Keep the temporary directory (logs, database) after the run."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stack:
     http: str
     api_key: str
@@ -73,6 +74,8 @@ class Stack:
     modems: int
     gateway_pid: int
     simulator_pid: int
+    keep: bool = False
+    """Keep the directory after the stack stops (set it to keep the evidence of a bad run)."""
 
 
 def _free_port() -> int:
@@ -180,6 +183,7 @@ async def open_stack(options: StackOptions = StackOptions()) -> AsyncIterator[St
     python = sys.executable
     smsgw = [python, "-m", "gateway.cli", "--log-level", "WARNING"]
     procs: list[trio.Process] = []
+    stack: Stack | None = None
     try:
         sim_log = directory / "simulators.log"
         ready = directory / "simulators.json"
@@ -203,13 +207,14 @@ async def open_stack(options: StackOptions = StackOptions()) -> AsyncIterator[St
         procs.append(gateway)
         url = f"http://127.0.0.1:{http_port}"
         await _wait_healthy(url, gateway, gw_log)
-        yield Stack(http=url, api_key=api_key, control=info["control"], directory=directory,
-                    modems=len(info.get("modems", [])),
-                    gateway_pid=gateway.pid, simulator_pid=sim.pid)
+        stack = Stack(http=url, api_key=api_key, control=info["control"], directory=directory,
+                      modems=len(info.get("modems", [])), gateway_pid=gateway.pid, simulator_pid=sim.pid,
+                      keep=options.keep_dir)
+        yield stack
     finally:
         for proc in reversed(procs):
             await _stop(proc)
-        if not options.keep_dir:
+        if not options.keep_dir and not (stack is not None and stack.keep):
             shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,10 @@ async def test_every_scenario_runs_clean_on_the_self_contained_stack(database_ur
                                                 api_key=stack.api_key, **quiet), stack=None)
             assert target["mode"] == "target" and target["lost"] == 0 and target["duplicates"] is None
             assert target["accepted"] == target["final"] == 50
+            # A bad run keeps the stack's directory (logs, database) as evidence.
+            stack.keep = True
+    assert (stack.directory / "gateway.log").exists() and (stack.directory / "smsgw.toml").exists()
+    shutil.rmtree(stack.directory)
 
     paths = write_plots(mixed, tmp_path / "plots")
     assert [p.name for p in paths] == ["throughput.png", "latency.png"]
@@ -119,6 +124,7 @@ def test_cli_writes_the_json_and_the_plots(database_url, tmp_path):
     assert set(report["latency_ms"]) >= {"p50", "p90", "p99", "max"}
     assert report["scenario"] == "batch" and report["accepted"] == report["final"] == 500
     assert report["lost"] == 0 and report["duplicates"] == 0 and report["throughput_per_s"] > 0
+    assert report["kept_dir"] is None and report["gateway_log_warnings"] == 0
     assert "verdict" in done.stdout and "no loss, no duplicates" in done.stdout
     for name in ("throughput.png", "latency.png"):
         assert (plots / name).read_bytes().startswith(PNG_SIGNATURE)
