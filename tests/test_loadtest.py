@@ -357,3 +357,32 @@ def test_summary_table_has_the_figures():
                                                                                               "peak", "cpu")))
     assert lines["lost"].strip() == "1" and lines["verdict"].strip() == "LOST 1"
     assert "p99 3.00" in text and "FAIL x: expected 1, got 2" in text and "not counted" in text
+
+
+# --- the simulator's duplicate count ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count_duplicates, expected", [(True, 1), (False, 0)])
+async def test_simulator_counts_a_message_handed_to_it_twice(nursery, count_duplicates, expected):
+    from gateway.cmpp import CmppLink, CmppLinkConfig, IsmgSimulator, LinkUp, SubmitAcked, SubmitRequest
+    from gateway.cmpp.pdus import MsgFmt
+
+    sim = IsmgSimulator(sp_id="901234", secret="s", count_duplicates=count_duplicates)
+    port = await nursery.start(sim.serve, "127.0.0.1", 0)
+    send, receive = trio.open_memory_channel(100)
+    link = CmppLink(CmppLinkConfig(sp_id="901234", secret="s", port=port, rate=1000.0), send)
+    await nursery.start(link.run)
+    acked = 0
+    with trio.fail_after(10):
+        async for ev in receive:
+            if isinstance(ev, LinkUp):
+                for ref, (dest, text) in enumerate([("13800000001", b"LT 1"), ("13800000002", b"LT 2"),
+                                                    ("13800000001", b"LT 1"), ("13800000001", b"LT 3")]):
+                    await link.submit(SubmitRequest(ref=ref, dest=dest, src_id="10658888", content=text,
+                                                    msg_fmt=MsgFmt.ASCII))
+            elif isinstance(ev, SubmitAcked):
+                acked += 1
+                if acked == 4:
+                    break
+    stats = sim.statistics()
+    assert stats.accepted == 4 and stats.duplicates == expected
