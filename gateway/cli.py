@@ -149,6 +149,64 @@ def cmd_sim_modems(args: argparse.Namespace) -> None:
     trio.run(_until_signal, serve)
 
 
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    from loadtest.report import summary, write_plots
+    from loadtest.runner import Options, run_loadtest
+
+    options = Options(scenario=args.scenario, rate=args.rate, duration=args.duration, count=args.count,
+                      ramp=args.ramp, target=args.target, api_key=args.api_key, json_path=args.json,
+                      plots_dir=args.plots, connections=args.connections, drain_timeout=args.drain_timeout,
+                      database_url=args.database_url or "", service_number=args.service_number, modems=args.modems,
+                      progress=not args.quiet, keep_dir=args.keep_dir)
+    report = trio.run(run_loadtest, options)
+    if args.plots:
+        for path in write_plots(report, args.plots):
+            print(f"plot written: {path}", file=sys.stderr)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    print(summary(report))
+    if not report["clean"]:
+        raise GatewayError(f"loadtest: {report['verdict']}")
+
+
+LOADTEST_DESCRIPTION = """Open-loop load test: requests start on schedule, latency counts from the schedule.
+Scenarios: single (one recipient per request), batch (100 recipients), campaign (a 100,000-recipient
+burst), mo-storm (consumers texting commands), dlr-storm (delivery reports in one wave), mixed (a
+day-shaped mix). Without --target it starts the gateway and the ISMG simulator in processes of their
+own on 127.0.0.1. Exits 2 when anything was lost or duplicated, or (self-contained) the
+simulator's counts disagree with the gateway's."""
+
+
+def _add_loadtest_parser(sub) -> None:
+    # The loadtest package is imported only when the command runs, so its names are spelled here.
+    lt = sub.add_parser("loadtest", help="open-loop load test with loss accounting, a report and plots",
+                        description=LOADTEST_DESCRIPTION)
+    lt.add_argument("--scenario", required=True, metavar="NAME", help="single, batch, campaign, mo-storm, "
+                                                                      "dlr-storm or mixed")
+    lt.add_argument("--rate", type=float, help="messages per second (the peak for the mixed day profile)")
+    lt.add_argument("--duration", type=float, help="seconds of sending (at most 3600)")
+    lt.add_argument("--count", type=int, help="messages in all (rounded to whole requests)")
+    lt.add_argument("--ramp", type=float, default=0.0, help="seconds to ramp up from nothing to --rate")
+    lt.add_argument("--target", help="an existing gateway's URL; without it the whole stack is started on 127.0.0.1")
+    lt.add_argument("--api-key", help="the target's API key (with --target)")
+    lt.add_argument("--json", help="write every figure to this JSON file")
+    lt.add_argument("--plots", help="write throughput.png and latency.png to this directory")
+    lt.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
+    lt.add_argument("--drain-timeout", type=float, default=120.0,
+                    help="seconds to wait for accepted messages to become final (default 120)")
+    lt.add_argument("--database-url", help="self-contained mode: use this PostgreSQL instead of an embedded one")
+    lt.add_argument("--service-number", default="10658888", help="where MO storms text to (default 10658888)")
+    lt.add_argument("--modems", type=int, default=0,
+                    help="self-contained mode: also start N emulated modems; the mixed scenario sends 1%% to them")
+    lt.add_argument("--keep-dir", action="store_true", help="keep the self-contained stack's directory and logs (kept anyway after a bad run)")
+    lt.add_argument("--quiet", action="store_true", help="no progress bar")
+    lt.set_defaults(func=cmd_loadtest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smsgw", description="Asynchronous SMS gateway on Trio.")
     p.add_argument("--version", action="version", version=f"smsgw {__version__}")
@@ -201,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--config", help="the TOML configuration file (default: embedded database in --data-dir)")
     kc.add_argument("--data-dir", help="data directory when no --config is given (default ./.smsgw)")
     kc.set_defaults(func=cmd_apikey_create)
+    _add_loadtest_parser(sub)
     return p
 
 

@@ -102,6 +102,9 @@ class SimulatorStatistics(msgspec.Struct, frozen=True, kw_only=True):
     mo_acked: int
     pending_deliveries: int
     protocol_failures: int
+    duplicates: int = 0
+    """Accepted SUBMITs whose destinations and content had been accepted before (counted
+    only when the simulator was built with ``count_duplicates=True``)."""
 
 
 @dataclass(slots=True)
@@ -140,7 +143,9 @@ class IsmgSimulator:
     ``fail_rate`` is the fraction of SUBMITs refused with ``fail_result``; ``max_rate``
     is the per-connection SUBMIT rate (messages/second) above which SUBMITs are answered
     with Result 8; ``seed`` makes outcomes reproducible; Msg_Ids are a deterministic
-    sequence from ``start_time`` (epoch seconds; now when None) and ``gateway_code``.
+    sequence from ``start_time`` (epoch seconds; now when None) and ``gateway_code``;
+    ``count_duplicates`` keeps a hash of every accepted SUBMIT's destinations and content and
+    counts the repeats in ``duplicates`` (for load tests: a message sent twice).
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class IsmgSimulator:
         max_retries: int = 3,
         active_test_interval: float | None = 180.0,
         secrets: Mapping[str, str] | None = None,
+        count_duplicates: bool = False,
     ) -> None:
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError(f"fail_rate must be within 0..1, not {fail_rate}")
@@ -211,6 +217,9 @@ class IsmgSimulator:
         self.mo_sent = 0
         self.mo_acked = 0
         self.protocol_failures = 0
+        # duplicate detection (load tests): one hash per accepted SUBMIT, so opt-in
+        self.duplicates = 0
+        self._seen: set[int] | None = set() if count_duplicates else None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -234,6 +243,7 @@ class IsmgSimulator:
             mo_acked=self.mo_acked,
             pending_deliveries=pending,
             protocol_failures=self.protocol_failures,
+            duplicates=self.duplicates,
         )
 
     async def serve(
@@ -523,6 +533,12 @@ class _SpConnection:
             return
         msg_id = sim._next_msg_id()
         sim.accepted += 1
+        if sim._seen is not None:
+            key = hash((tuple(submit.dest_terminal_ids), submit.msg_content))
+            if key in sim._seen:
+                sim.duplicates += 1
+            else:
+                sim._seen.add(key)
         await self._write(self.conn.respond(seq, SubmitResp(msg_id=msg_id, result=0), now=now))
         if submit.registered_delivery == 1:
             assert sim._send_out is not None
