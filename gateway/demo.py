@@ -26,7 +26,8 @@ from .cmpp.longsms import parse_concat_udh
 from .cmpp.pdus import VERSION_3_0, decode_text
 from .http import Request, Response, Router
 from .text import InvalidNumber, national_or_raw, normalize_msisdn
-from .config import CmppConfig, Config, HttpConfig, MerchantConfig, ModemConfig, default_config, split_listen
+from .config import (CmppConfig, Config, DispatcherConfig, HttpConfig, MerchantConfig, ModemConfig, default_config,
+                     split_listen)
 from .modem_pool.emulator import HandsetNetwork
 from .sim_modems import DEMO_NUMBERS, SimModem, serve_sim_modems
 from .store import Store
@@ -75,8 +76,9 @@ def demo_config(options: DemoOptions, ismg_port: int, modems: list[SimModem]) ->
     # callbacks subscribed to those numbers only.
     merchant = MerchantConfig(name=DEMO_MERCHANT, account=DEMO_ACCOUNT, service_number=DEMO_MERCHANT_NUMBER,
                               signature=DEMO_SIGNATURE)
+    # No quiet hours in the demo: a newcomer trying marketing (and TD) at night sees it happen.
     return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http), cmpp=[cmpp],
-                          modems=modem_configs, merchants=[merchant])
+                          modems=modem_configs, merchants=[merchant], dispatcher=DispatcherConfig(quiet_hours=""))
 
 
 async def demo_credentials(store: Store, data_dir: str) -> tuple[str, str]:

@@ -49,8 +49,11 @@ NOTIFY_BUFFER = 1024
 """MO notifications waiting to be read; each only wakes the claim loop."""
 CLAIM_BATCH = 50
 """MOs claimed at a time."""
-LEASE = 60.0
-"""Seconds a claimed MO is reserved; a node that dies holding it loses it after this."""
+LEASE = 30.0
+"""Seconds a claimed MO is reserved; a node that dies holding it loses it after this (a node
+that stops cleanly gives its claims back at once)."""
+RELEASE_TIMEOUT = 5.0
+"""Seconds a stopping service may spend giving back the MOs it holds."""
 POLL = 2.0
 """Seconds between claims when no notification comes (MOs stored by other nodes, leases run out)."""
 CONCURRENCY = 16
@@ -139,15 +142,27 @@ class MoDispatcher:
         self.listener, self._notifications = trio.open_memory_channel[object](NOTIFY_BUFFER)
         """Give this to ``Dispatcher.mo_listeners``: each stored MO's notification wakes the service."""
         self.dispatched = 0
+        self._in_hand: set[int] = set()
+        """MOs claimed by this service and not yet finished."""
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_notifications)
-            nursery.start_soon(self._claim_loop)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_notifications)
+                nursery.start_soon(self._claim_loop)
+                task_status.started()
+        finally:
+            # Stopping: what this node holds is claimable again now, not after the lease.
+            if self._in_hand:
+                with trio.move_on_after(RELEASE_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        await self._store.release_mo(sorted(self._in_hand))
+                    except StoreError as exc:
+                        log.warning("giving back claimed MOs failed; their leases will run out: %s", exc)
 
     async def _read_notifications(self) -> None:
         async with self._notifications:
@@ -164,6 +179,7 @@ class MoDispatcher:
                 await trio.sleep(STORE_RETRY)
                 continue
             if batch:
+                self._in_hand.update(mo.id for mo in batch)
                 await self._dispatch_batch(batch)
             if len(batch) < CLAIM_BATCH:
                 with trio.move_on_after(self._poll):
@@ -187,6 +203,11 @@ class MoDispatcher:
     async def dispatch(self, mo: InboundMo) -> Outcome | None:
         """Dispatch one claimed MO; returns its outcome, or ``None`` when it is left for a
         later claim (a database error, a failing handler) or was finished elsewhere."""
+        outcome = await self._dispatch(mo)
+        self._in_hand.discard(mo.id)  # not when cancelled: a stopping service gives it back
+        return outcome
+
+    async def _dispatch(self, mo: InboundMo) -> Outcome | None:
         keyword, args = parse_command(mo.body)
         phone = national_or_raw(mo.sender)
         try:

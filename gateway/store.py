@@ -805,6 +805,11 @@ class Store:
             "UPDATE inbound_messages SET lease_until = now() + make_interval(secs => $2)"
             " WHERE id = $1 AND dispatched_at IS NULL", mo_id, delay)
 
+    async def release_mo(self, mo_ids: Sequence[int]) -> None:
+        """Give claimed MOs back at once (a node stopping cleanly)."""
+        await self.execute("UPDATE inbound_messages SET lease_until = NULL"
+                           " WHERE id = ANY($1::bigint[]) AND dispatched_at IS NULL", list(mo_ids))
+
     async def inbound(self, mo_id: int) -> asyncpg.Record | None:
         """An inbound message with its dispatch columns (for operators and tests)."""
         return await self.fetchrow(

@@ -12,7 +12,7 @@ from gateway.errors import ConfigError
 from gateway.store import AcceptRequest, NewMessage
 from tests.channels import ScriptedChannel
 from tests.conftest import start_gateway
-from tests.test_dispatcher import send, wait_status
+from tests.test_dispatcher import send
 
 MALL_NUMBER = "10658888001"
 SIGNATURE = "【某某商场】"
@@ -153,7 +153,8 @@ async def test_blocklist_api_is_forbidden_without_an_admin_token(nursery, databa
     async with httpx.AsyncClient(base_url=gw.url, timeout=30) as c:
         for method, path in (("POST", "/v1/admin/blocklist"), ("GET", "/v1/admin/blocklist"),
                              ("DELETE", "/v1/admin/blocklist/13800138000")):
-            r = await c.request(method, path, json={"phone": "13800138000"}, headers={"Authorization": "Bearer change-me"})
+            r = await c.request(method, path, json={"phone": "13800138000"},
+                                headers={"Authorization": "Bearer change-me"})
             assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
     assert await gw.store.blocklist() == []
 
@@ -199,7 +200,8 @@ async def test_signature_is_added_to_marketing_and_counted_in_parts(nursery, dat
     assert r.status_code == 202
     assert await gw.store.fetchval("SELECT body FROM messages WHERE dest = '13800138003'") == "取件码 8899"
     # The gateway's own marketing (CRM campaigns) is signed the same way.
-    ids = await gw.running.outbox.send(account_id=gw.account.id, to="13800138004", text="会员日", msg_class="marketing")
+    ids = await gw.running.outbox.send(account_id=gw.account.id, to="13800138004", text="会员日",
+                                       msg_class="marketing")
     assert await gw.store.fetchval("SELECT body FROM messages WHERE id = $1", ids[0]) == SIGNATURE + "会员日"
 
 

@@ -233,3 +233,39 @@ async def _dispatched(store, mo_id: int):
 
 async def _count(store, sql: str) -> int:
     return await store.fetchval(sql)
+
+
+class Stuck:
+    """A handler that never returns (a hung dependency)."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+
+    async def handle(self, command: InboundCommand, outbox: Outbox) -> bool:
+        self.entered.set()
+        await trio.sleep_forever()
+        return False
+
+    async def help_text(self, merchant: Merchant) -> str:
+        return "help"
+
+
+async def test_a_stopping_service_gives_its_claims_back_at_once(store, nursery):
+    await setup(store)
+    mo_id = await store_mo(store, "2")
+    stuck = Stuck()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            await start_mo(inner, store, handlers=[stuck])
+            with trio.fail_after(10):
+                await stuck.entered.wait()
+            row = await store.fetchrow("SELECT lease_until > now() AS held FROM inbound_messages WHERE id = $1", mo_id)
+            assert row["held"]
+            scope.cancel()
+    row = await store.fetchrow("SELECT lease_until, dispatched_at FROM inbound_messages WHERE id = $1", mo_id)
+    assert row["lease_until"] is None and row["dispatched_at"] is None
+    # The next service takes it at once (no lease to wait out).
+    desk = PointsDesk()
+    await start_mo(nursery, store, handlers=[desk])
+    row = await wait_for(lambda: _dispatched(store, mo_id), timeout=3)
+    assert row["outcome"] == "handled"
