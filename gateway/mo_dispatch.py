@@ -28,7 +28,7 @@ from .events import now as events_now
 from .intake import Intake
 from .metrics import Metrics
 from .router.commands import CommandHandler, InboundCommand, parse_command
-from .router.compliance import with_signature
+from .router.compliance import MARKETING, with_signature
 from .router.mo_dispatch import (
     FirstStep,
     Outcome,
@@ -96,7 +96,8 @@ class ReplyOutbox:
         :class:`~gateway.text.TooLong` for what the API would refuse."""
         self.sent += 1
         ref = client_ref if client_ref is not None else reply_ref(self._mo_id, self.sent)
-        text = with_signature(text, await self._directory.signature_for(account_id), msg_class)
+        if msg_class == MARKETING:
+            text = with_signature(text, await self._directory.signature_for(account_id), msg_class)
         dest = normalize_msisdn(to)
         segments = plan(text, max_parts=self._max_parts)
         request = AcceptRequest(
