@@ -29,9 +29,9 @@ from .errors import StoreError, StoreUnavailable
 from .http import Request, Response, Router
 from .intake import Intake
 from .metrics import Metrics
+from .compliance import MerchantDirectory
 from .router import AccountLimiter, DailyQuota, TokenBucket
 from .router.compliance import MARKETING, with_signature
-from .compliance import MerchantDirectory
 from .store import Account, AcceptRequest, AcceptResult, NewMessage, Store
 from .text import EmptyText, InvalidNumber, TooLong, normalize_msisdn, operator_of, plan
 
@@ -370,8 +370,8 @@ class Api:
     async def send(self, request: Request) -> Response:
         account = await self.authenticate(request)
         body = decode_send(request.body, max_recipients=self._config.http.max_recipients)
-        accept = build_accept(body, account.id, max_parts=self._config.http.max_parts,
-                              signature=await self.signature_for(account.id, body.msg_class))
+        signature = await self.signature_for(account.id, body.msg_class) if body.msg_class == MARKETING else ""
+        accept = build_accept(body, account.id, max_parts=self._config.http.max_parts, signature=signature)
         result = await self._accept(account, accept)
         out = SendResponse([MessageOut(str(m.id), m.dest, m.status, m.parts) for m in result.messages])
         return Response(status=202, body=_encoder.encode(out))
