@@ -119,3 +119,17 @@ async def test_mo_callbacks_are_retried_then_given_up(store, nursery):
     assert [(r["state"], r["attempts"]) for r in rows] == [("delivered", 3), ("failed", 3)]
     assert rows[1]["last_error"] == "HTTP 500" and len(never.calls) == 3
     assert (await store.inbound(mo_id))["outcome"] == "callback"
+
+
+async def test_subscriptions_per_account_are_bounded(nursery, database_url, monkeypatch):
+    monkeypatch.setattr("gateway.mo_api.MAX_SUBSCRIPTIONS", 2)
+    gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel()])
+    async with gw.client() as c:
+        for i in range(2):
+            r = await c.post("/v1/mo/subscriptions", json={"service_number": "10690000", "url": f"http://a/{i}"})
+            assert r.status_code == 201
+        r = await c.post("/v1/mo/subscriptions", json={"service_number": "10690000", "url": "http://a/2"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "too_many_subscriptions"
+        # Asking again for one it holds is still answered.
+        r = await c.post("/v1/mo/subscriptions", json={"service_number": "10690000", "url": "http://a/1"})
+        assert r.status_code == 200

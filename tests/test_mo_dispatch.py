@@ -269,3 +269,27 @@ async def test_a_stopping_service_gives_its_claims_back_at_once(store, nursery):
     await start_mo(nursery, store, handlers=[desk])
     row = await wait_for(lambda: _dispatched(store, mo_id), timeout=3)
     assert row["outcome"] == "handled"
+
+
+async def test_the_dispatchers_notice_wakes_the_service_at_once(store, nursery):
+    await setup(store)
+    mo = await start_mo(nursery, store, poll=60.0)
+    await trio.sleep(0.1)  # the first claim found nothing; the next poll is a minute away
+    mo_id = await store_mo(store, "你好")
+    await mo.listener.send((mo_id, None))
+    row = await wait_for(lambda: _dispatched(store, mo_id), timeout=3)
+    assert row["outcome"] == "help"
+
+
+async def test_two_nodes_dispatch_every_mo_exactly_once(store, nursery, monkeypatch):
+    monkeypatch.setattr("gateway.mo_dispatch.CLAIM_BATCH", 4)  # small claims: the nodes take turns
+    await setup(store)
+    senders = [f"139000000{i:02d}" for i in range(30)]
+    ids = [await store_mo(store, "hello", sender=s) for s in senders]
+    first = await start_mo(nursery, store)
+    second = await start_mo(nursery, store)
+    await wait_for(lambda: _count(store, "SELECT count(*) = 30 FROM inbound_messages WHERE dispatched_at IS NOT NULL"))
+    assert first.dispatched + second.dispatched == 30
+    replies = await store.fetch("SELECT dest, client_ref FROM messages ORDER BY dest")
+    assert [r["dest"] for r in replies] == senders
+    assert sorted(r["client_ref"] for r in replies) == sorted(f"mo-{i}-1" for i in ids)
