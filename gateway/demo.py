@@ -2,8 +2,9 @@
 
 An ISMG simulator with one CMPP 3.0 link to it (China Mobile numbers), four emulated GSM
 modems on pseudo-terminals (China Unicom and China Telecom numbers), an embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
-(kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), and a ready file
-for scripts. Channels and simulators join the demo as they are wired into the gateway.
+(kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), the demo merchant
+``demo-mall`` (service number 10658888001, signature 【演示商场】) whose consumers the handset
+endpoints play, and a ready file for scripts. Channels and simulators join the demo as they are wired into the gateway.
 """
 
 from __future__ import annotations
