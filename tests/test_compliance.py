@@ -43,8 +43,8 @@ async def final(gw, message_id: str) -> tuple[str, str | None]:
 async def test_td_stops_marketing_but_not_transactional(nursery, database_url):
     gw, channel = await start(nursery, database_url)
     await channel.mo(CONSUMER, "退订", service_number=MALL_NUMBER)
-    with trio.fail_after(10):
-        while await gw.store.fetchval("SELECT count(*) FROM mo_unsubscribes") == 0:
+    with trio.fail_after(10):  # unsubscribed, and the confirmation accepted
+        while await gw.store.fetchval("SELECT count(*) FROM inbound_messages WHERE outcome = 'unsubscribed'") == 0:
             await trio.sleep(0.02)
     (promo,) = await send(gw, {"to": CONSUMER, "text": "周末全场八折", "class": "marketing"})
     (code,) = await send(gw, {"to": CONSUMER, "text": "您的验证码是 1234"})
