@@ -29,7 +29,9 @@ from .errors import StoreError, StoreUnavailable
 from .http import Request, Response, Router
 from .intake import Intake
 from .metrics import Metrics
+from .compliance import MerchantDirectory
 from .router import AccountLimiter, DailyQuota, TokenBucket
+from .router.compliance import MARKETING, with_signature
 from .store import Account, AcceptRequest, AcceptResult, NewMessage, Store
 from .text import EmptyText, InvalidNumber, TooLong, normalize_msisdn, operator_of, plan
 
@@ -151,11 +153,15 @@ def decode_send(body: bytes, *, max_recipients: int) -> SendBody:
     return req
 
 
-def build_accept(req: SendBody, account_id: int, *, max_parts: int) -> AcceptRequest:
-    """Normalize numbers, plan the parts: the whole request is valid or nothing is stored."""
+def build_accept(req: SendBody, account_id: int, *, max_parts: int, signature: str = "") -> AcceptRequest:
+    """Normalize numbers, plan the parts: the whole request is valid or nothing is stored.
+
+    A marketing text of a merchant's account gets the merchant's ``signature`` in front when
+    it lacks it, before its parts are counted (:func:`gateway.router.compliance.with_signature`)."""
     recipients = [req.to] if isinstance(req.to, str) else req.to
+    text = with_signature(req.text, signature, req.msg_class) if signature else req.text
     try:
-        segments = plan(req.text, max_parts=max_parts)
+        segments = plan(text, max_parts=max_parts)
     except EmptyText:
         raise ApiError(400, "invalid_field", "`text` is empty", field="text") from None
     except TooLong as exc:
@@ -174,7 +180,7 @@ def build_accept(req: SendBody, account_id: int, *, max_parts: int) -> AcceptReq
         if msisdn in seen:  # one request sends a text to a number once
             continue
         seen.add(msisdn)
-        messages.append(NewMessage(dest=msisdn, operator=str(operator.value), body=req.text,
+        messages.append(NewMessage(dest=msisdn, operator=str(operator.value), body=text,
                                    encoding=segments.encoding, parts=len(segments.parts)))
     return AcceptRequest(
         account_id=account_id, messages=tuple(messages), client_ref=req.client_ref, priority=req.priority,
@@ -190,8 +196,10 @@ class Api:
     """The API's handlers; :meth:`router` wires them to paths."""
 
     def __init__(self, *, config: Config, store: Store, intake: Intake, metrics: Metrics,
-                 channels: Callable[[], Iterable[Channel]] = tuple) -> None:
+                 channels: Callable[[], Iterable[Channel]] = tuple,
+                 merchants: MerchantDirectory | None = None) -> None:
         self._config = config
+        self._merchants = merchants
         self._store = store
         self._intake = intake
         self._metrics = metrics
@@ -210,6 +218,17 @@ class Api:
         r.add("GET", "/healthz", self._wrap("healthz", self.healthz))
         r.add("GET", "/metrics", self._wrap("metrics", self.metrics))
         return r
+
+    def wrap(self, route: str, handler):
+        """``handler`` with the API's error answers and metrics (for routes added elsewhere)."""
+        return self._wrap(route, handler)
+
+    async def signature_for(self, account_id: int, msg_class: str) -> str:
+        """The merchant signature a send of ``msg_class`` by the account carries ("" for none);
+        transactional sends never ask, so their path does not change."""
+        if msg_class != MARKETING or self._merchants is None:
+            return ""
+        return await self._merchants.signature_for(account_id)
 
     def _wrap(self, route: str, handler):
         counters: dict[int, object] = {}  # label children by status, looked up once each
@@ -272,6 +291,7 @@ class Api:
             account = await self._account_for_key(password) if password else None
             if account is None or account.name != username:
                 raise kannel.KannelError(403, "Authorization failed for sendsms")
+            # Kannel requests are transactional (sendsms has no class): no signature is added.
             accept = kannel.sendsms_request(params, account.id, max_recipients=self._config.http.max_recipients,
                                             max_parts=self._config.http.max_parts, build=build_accept)
             await self._accept(account, accept)
@@ -350,7 +370,8 @@ class Api:
     async def send(self, request: Request) -> Response:
         account = await self.authenticate(request)
         body = decode_send(request.body, max_recipients=self._config.http.max_recipients)
-        accept = build_accept(body, account.id, max_parts=self._config.http.max_parts)
+        signature = await self.signature_for(account.id, body.msg_class) if body.msg_class == MARKETING else ""
+        accept = build_accept(body, account.id, max_parts=self._config.http.max_parts, signature=signature)
         result = await self._accept(account, accept)
         out = SendResponse([MessageOut(str(m.id), m.dest, m.status, m.parts) for m in result.messages])
         return Response(status=202, body=_encoder.encode(out))

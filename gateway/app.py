@@ -18,6 +18,7 @@ import trio_asyncio
 
 from .api import Api
 from .channel import Channel
+from .compliance import ComplianceScreen, MerchantDirectory, SigningOutbox, configured_blocklist
 from .config import Config, split_listen
 from .dispatcher import Dispatcher
 from .events import EventBus
@@ -26,7 +27,10 @@ from .http import Router, serve_http
 from .http.server import HttpLimits
 from .intake import Intake
 from .metrics import Metrics
+from .mo_api import MoApi
+from .mo_dispatch import MoDispatcher
 from .pgserver import EmbeddedPostgres
+from .router.commands import CommandHandler
 from .store import Store, open_store
 from .webhooks import WebhookSender
 
@@ -47,7 +51,10 @@ class Running(msgspec.Struct, kw_only=True):
     metrics: Metrics
     bus: EventBus
     intake: Intake
-    outbox: IntakeOutbox
+    outbox: SigningOutbox
+    """Sends as the gateway (MO replies, CRM notices); marketing texts get the merchant's signature."""
+    merchants: MerchantDirectory | None = None
+    mo_dispatcher: MoDispatcher | None = None
 
 
 @asynccontextmanager
@@ -88,9 +95,12 @@ async def serve_gateway(
     *,
     channels: Sequence[Channel] | None = None,
     extra_routes: Callable[[Router, Running], None] | None = None,
+    handlers: Sequence[CommandHandler] = (),
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the gateway until cancelled; ``channels`` default to those the configuration names."""
+    """Run the gateway until cancelled; ``channels`` default to those the configuration names.
+
+    ``handlers`` answer consumers' commands in MO dispatch, asked in order (crm_lite is one)."""
     if channels is None:
         channels = build_channels(config)
     async with open_database(config) as (store, url):
@@ -103,23 +113,35 @@ async def serve_gateway(
             attach = getattr(channel, "attach_quota_store", None)
             if attach is not None:  # SIM daily counts survive restarts
                 attach(store)
+        await store.seed_blocklist(configured_blocklist(config.compliance.blocklist))
         metrics = Metrics()
         bus = EventBus()
         store.events = bus
-        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus)
+        merchants = MerchantDirectory(store)
+        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus,
+                                screen=ComplianceScreen(store, metrics))
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
         api = Api(config=config, store=store, intake=intake, metrics=metrics,
-                  channels=lambda: dispatcher.channels)
+                  channels=lambda: dispatcher.channels, merchants=merchants)
         metrics.watch_links(lambda: dispatcher.channels)
         router = api.router()
+        MoApi(api=api, store=store, config=config).add_routes(router)
+        webhooks = WebhookSender(store, metrics, bus=bus)
+        mo_dispatcher = MoDispatcher(store, intake, metrics, merchants, bus=bus, handlers=handlers,
+                                     base_numbers=[c.service_number for c in config.cmpp], node=dispatcher.node,
+                                     max_parts=config.http.max_parts, on_callbacks=webhooks.wake)
+        dispatcher.mo_listeners.append(mo_dispatcher.listener)
         host, port = split_listen(config.http.listen)
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
+            await nursery.start(webhooks.run)
+            # MO dispatch before the channels: MOs stored before a crash are answered now.
+            await nursery.start(mo_dispatcher.run)
             await nursery.start(dispatcher.run)
-            await nursery.start(WebhookSender(store, metrics, bus=bus).run)
             running = Running(http_url="", http_port=0, database_url=url, store=store,
                               dispatcher=dispatcher, metrics=metrics, bus=bus, intake=intake,
-                              outbox=IntakeOutbox(intake, max_parts=config.http.max_parts))
+                              outbox=SigningOutbox(IntakeOutbox(intake, max_parts=config.http.max_parts), merchants),
+                              merchants=merchants, mo_dispatcher=mo_dispatcher)
             if extra_routes is not None:
                 extra_routes(router, running)
             limits = HttpLimits(max_body=config.http.max_body)

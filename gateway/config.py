@@ -138,6 +138,14 @@ class MerchantConfig(_Section, kw_only=True):
     """Added to marketing texts that lack it, e.g. ``【某某商场】``."""
 
 
+class ComplianceConfig(_Section):
+    """Compliance guards (``[compliance]``)."""
+
+    blocklist: list[str] = []
+    """Numbers nothing is sent to (any form the API accepts), kept in the database's blocklist
+    with the entries added through ``/v1/admin/blocklist``; removing one here removes it there."""
+
+
 class Config(_Section):
     data_dir: str = "./.smsgw"
     database: DatabaseConfig = DatabaseConfig()
@@ -149,6 +157,7 @@ class Config(_Section):
     cmpp: list[CmppConfig] = []
     modems: list[ModemConfig] = []
     merchants: list[MerchantConfig] = []
+    compliance: ComplianceConfig = ComplianceConfig()
 
     @property
     def database_url(self) -> str:
@@ -181,6 +190,7 @@ def _check(config: Config, source: str) -> Config:
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:
             raise ConfigError(f"{source}: merchants.{key} must be unique; repeated: {', '.join(repeated)}")
+    _check_compliance(config, source)
     for key, value in (("http.listen", config.http.listen), ("admin.listen", config.admin.listen)):
         try:
             split_listen(value)
@@ -212,3 +222,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def default_config(**overrides: object) -> Config:
     """Defaults with some top-level fields replaced (the demo's, the tests')."""
     return msgspec.structs.replace(Config(), **overrides)
+
+
+def _check_compliance(config: Config, source: str) -> None:
+    """``compliance.blocklist`` holds Chinese mobile numbers; a bad one is named."""
+    from .compliance import configured_blocklist
+
+    try:
+        configured_blocklist(config.compliance.blocklist)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

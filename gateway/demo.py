@@ -2,8 +2,9 @@
 
 An ISMG simulator with one CMPP 3.0 link to it (China Mobile numbers), four emulated GSM
 modems on pseudo-terminals (China Unicom and China Telecom numbers), an embedded PostgreSQL in the data directory, the HTTP API, a demo account with an API key
-(kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), and a ready file
-for scripts. Channels and simulators join the demo as they are wired into the gateway.
+(kept in ``<data_dir>/demo-credentials.json`` so that it survives restarts), the demo merchant
+``demo-mall`` (service number 10658888001, signature 【演示商场】) whose consumers the handset
+endpoints play, and a ready file for scripts. Channels and simulators join the demo as they are wired into the gateway.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .cmpp.longsms import parse_concat_udh
 from .cmpp.pdus import VERSION_3_0, decode_text
 from .http import Request, Response, Router
 from .text import InvalidNumber, national_or_raw, normalize_msisdn
-from .config import CmppConfig, Config, HttpConfig, ModemConfig, default_config, split_listen
+from .config import (CmppConfig, Config, DispatcherConfig, HttpConfig, MerchantConfig, ModemConfig, default_config,
+                     split_listen)
 from .modem_pool.emulator import HandsetNetwork
 from .sim_modems import DEMO_NUMBERS, SimModem, serve_sim_modems
 from .store import Store
@@ -48,6 +50,10 @@ class DemoOptions(msgspec.Struct, kw_only=True):
 DEMO_SP_ID = "901234"
 DEMO_SECRET = "demo-secret"
 DEMO_SERVICE_NUMBER = "10658888"
+DEMO_MERCHANT = "demo-mall"
+DEMO_MERCHANT_NUMBER = DEMO_SERVICE_NUMBER + "001"
+"""The demo merchant's service number: the CMPP link's number plus the extension 001."""
+DEMO_SIGNATURE = "【演示商场】"
 DLR_DELAY = 0.5
 """Seconds the simulated operator takes to report delivery."""
 
@@ -66,8 +72,14 @@ def demo_config(options: DemoOptions, ismg_port: int, modems: list[SimModem]) ->
                     daily_quota=10_000, service_number=m.number)
         for i, m in enumerate(modems, start=1)
     ]
+    # The demo merchant: consumers text 10658888001 and get its replies from that number. The
+    # modems' numbers are not its service numbers (a merchant has one): MOs to them reach MO
+    # callbacks subscribed to those numbers only.
+    merchant = MerchantConfig(name=DEMO_MERCHANT, account=DEMO_ACCOUNT, service_number=DEMO_MERCHANT_NUMBER,
+                              signature=DEMO_SIGNATURE)
+    # No quiet hours in the demo: a newcomer trying marketing (and TD) at night sees it happen.
     return default_config(data_dir=options.data_dir, http=HttpConfig(listen=options.http), cmpp=[cmpp],
-                          modems=modem_configs)
+                          modems=modem_configs, merchants=[merchant], dispatcher=DispatcherConfig(quiet_hours=""))
 
 
 async def demo_credentials(store: Store, data_dir: str) -> tuple[str, str]:
@@ -222,11 +234,13 @@ Try it:
 
   curl -s {url}/v1/messages/<id> -H 'Authorization: Bearer {key}'
 
-Play the consumer: text the service number from a handset, read what a handset received:
+Play the consumer: text the demo merchant ({DEMO_MERCHANT}, {DEMO_MERCHANT_NUMBER}) from a handset,
+read what a handset received (the merchant's help reply; TD unsubscribes from its marketing):
 
-  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_SERVICE_NUMBER}", "text": "1"}}'
+  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_MERCHANT_NUMBER}", "text": "hi"}}'
+  curl -s {url}/v1/sim/inbox/13900000001
+  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_MERCHANT_NUMBER}", "text": "TD"}}'
   curl -s -X POST {url}/v1/sim/mo -d '{{"from": "18611112222", "to": "{modem_numbers[0]}", "text": "2"}}'
-  curl -s {url}/v1/sim/inbox/13800138000
 
 Stop with Ctrl-C.
 """
@@ -256,6 +270,7 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
             "webhook_secret": secret,
             "ismg": f"{ismg_host}:{ismg_port}",
             "modems": [m.device for m in modems],
+            "service_number": DEMO_MERCHANT_NUMBER,
         }
         if options.ready_file:
             write_ready_file(options.ready_file, info)

@@ -53,6 +53,13 @@ class Metrics:
             "smsgw_webhook_attempts_total", "Delivery webhook attempts by result (delivered, retry, failed)",
             ["result"], registry=r)
         self.mo_received = Counter("smsgw_mo_received_total", "Inbound messages received", ["channel"], registry=r)
+        # MO dispatch and compliance
+        self.mo_dispatched = Counter(
+            "smsgw_mo_dispatched_total", "Inbound messages dispatched, by command (a known keyword or other)"
+            " and outcome", ["command", "outcome"], registry=r)
+        self.compliance_refused = Counter(
+            "smsgw_compliance_refused_total", "Messages refused before sending, by reason (blocklisted,"
+            " unsubscribed)", ["reason"], registry=r)
 
     def watch_links(self, channels: Callable[[], Iterable[object]]) -> None:
         """Export the links of channels that have ``statistics()`` (read at scrape time)."""

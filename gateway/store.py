@@ -781,6 +781,187 @@ class Store:
             *[list(c) for c in zip(*counts)],
         )
 
+    # -- MO and compliance --------------------------------------------------------------------
+
+    async def claim_mo(self, node: str, limit: int, lease: float) -> list[InboundMo]:
+        """Claim up to ``limit`` stored MOs not yet dispatched, oldest first, for ``lease``
+        seconds (``FOR UPDATE SKIP LOCKED``): a claim not finished in time (the node died)
+        makes the MO claimable again, so every MO is dispatched even across crashes."""
+        rows = await self.fetch(
+            "WITH c AS (SELECT id FROM inbound_messages"
+            "           WHERE dispatched_at IS NULL AND (lease_until IS NULL OR lease_until < now())"
+            "           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            " UPDATE inbound_messages i SET lease_until = now() + make_interval(secs => $2),"
+            "        attempts = i.attempts + 1"
+            " FROM c WHERE i.id = c.id"
+            " RETURNING i.id, i.channel, i.sender, i.service_number, i.body, i.received_at, i.attempts",
+            limit, lease)
+        log.debug("claimed inbound messages node=%s count=%d", node, len(rows))
+        return sorted((InboundMo(**dict(r)) for r in rows), key=lambda m: m.id)
+
+    async def finish_mo(self, mo_id: int, *, merchant_id: int | None, command: str, outcome: str,
+                        callbacks: Sequence[MoSubscription] = ()) -> bool:
+        """Mark an MO dispatched and queue its MO callbacks, in one transaction; ``False``
+        (and nothing queued) when it was dispatched already (by a node whose lease ran out)."""
+        async with self.transaction() as tx:
+            done = await tx.execute(
+                "UPDATE inbound_messages SET dispatched_at = now(), lease_until = NULL, merchant_id = $2,"
+                " command = $3, outcome = $4 WHERE id = $1 AND dispatched_at IS NULL",
+                mo_id, merchant_id, command, outcome)
+            if done != "UPDATE 1":
+                return False
+            if callbacks:
+                await tx.execute(
+                    "INSERT INTO webhook_outbox (kind, mo_id, account_id, url, event_status)"
+                    " SELECT 'mo', $1, t.account_id, t.url, 'received'"
+                    " FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS t(account_id, url, n) ORDER BY t.n",
+                    mo_id, [c.account_id for c in callbacks], [c.url for c in callbacks])
+        return True
+
+    async def retry_mo_later(self, mo_id: int, delay: float) -> None:
+        """Give a claimed MO back, to be claimed again after ``delay`` seconds."""
+        await self.execute(
+            "UPDATE inbound_messages SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE id = $1 AND dispatched_at IS NULL", mo_id, delay)
+
+    async def release_mo(self, mo_ids: Sequence[int]) -> None:
+        """Give claimed MOs back at once (a node stopping cleanly)."""
+        await self.execute("UPDATE inbound_messages SET lease_until = NULL"
+                           " WHERE id = ANY($1::bigint[]) AND dispatched_at IS NULL", list(mo_ids))
+
+    async def inbound(self, mo_id: int) -> asyncpg.Record | None:
+        """An inbound message with its dispatch columns (for operators and tests)."""
+        return await self.fetchrow(
+            "SELECT id, channel, sender, service_number, body, received_at, merchant_id, command, outcome,"
+            " dispatched_at, attempts FROM inbound_messages WHERE id = $1", mo_id)
+
+    async def unsubscribe(self, merchant_id: int, phone: str, mo_id: int | None = None) -> bool:
+        """No more marketing from the merchant's account to ``phone``; ``False`` if it was so already."""
+        return await self.fetchval(
+            "INSERT INTO mo_unsubscribes (merchant_id, phone, mo_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (merchant_id, phone) DO NOTHING RETURNING true", merchant_id, phone, mo_id) is not None
+
+    async def resubscribe(self, merchant_id: int, phone: str) -> bool:
+        """Undo :meth:`unsubscribe` (the consumer joined again); ``False`` if not unsubscribed."""
+        return await self.execute(
+            "DELETE FROM mo_unsubscribes WHERE merchant_id = $1 AND phone = $2", merchant_id, phone) == "DELETE 1"
+
+    async def is_unsubscribed(self, merchant_id: int, phone: str) -> bool:
+        return bool(await self.fetchval(
+            "SELECT 1 FROM mo_unsubscribes WHERE merchant_id = $1 AND phone = $2", merchant_id, phone))
+
+    async def compliance_flags(self, messages: Sequence[tuple[int, str, int, bool]]) -> dict[int, tuple[bool, bool]]:
+        """For (message_id, dest, account_id, marketing) each, in one query: the messages whose
+        destination is blocklisted or (for marketing) unsubscribed from one of the account's
+        merchants, as ``{id: (blocklisted, unsubscribed)}``; the others are left out."""
+        if not messages:
+            return {}
+        cols = list(zip(*messages))
+        rows = await self.fetch(
+            "SELECT id, blocked, unsubscribed FROM ("
+            " SELECT t.id, b.phone IS NOT NULL AS blocked,"
+            "        t.marketing AND EXISTS (SELECT 1 FROM mo_unsubscribes u JOIN merchants m ON m.id = u.merchant_id"
+            "                                WHERE u.phone = t.dest AND m.account_id = t.account_id) AS unsubscribed"
+            " FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS t(id, dest, account_id, marketing)"
+            " LEFT JOIN blocklist b ON b.phone = t.dest) f"
+            " WHERE blocked OR unsubscribed",
+            list(cols[0]), list(cols[1]), list(cols[2]), list(cols[3]))
+        return {r["id"]: (r["blocked"], r["unsubscribed"]) for r in rows}
+
+    async def block(self, phone: str, reason: str = "", source: str = "admin") -> tuple[BlockedNumber, bool]:
+        """Put ``phone`` (11-digit form) on the blocklist; returns the entry and whether it is new.
+        An admin entry over a configured one takes it over (it then survives a config change)."""
+        row = await self.fetchrow(
+            "INSERT INTO blocklist (phone, reason, source) VALUES ($1, $2, $3)"
+            " ON CONFLICT (phone) DO UPDATE SET reason = CASE WHEN EXCLUDED.reason = '' THEN blocklist.reason"
+            "   ELSE EXCLUDED.reason END, source = EXCLUDED.source"
+            " RETURNING phone, reason, source, created_at, xmax = 0 AS created", phone, reason, source)
+        assert row is not None
+        return BlockedNumber(phone=row["phone"], reason=row["reason"], source=row["source"],
+                             created_at=row["created_at"]), row["created"]
+
+    async def unblock(self, phone: str) -> bool:
+        return await self.execute("DELETE FROM blocklist WHERE phone = $1", phone) == "DELETE 1"
+
+    async def blocklist(self) -> list[BlockedNumber]:
+        return [BlockedNumber(**dict(r)) for r in await self.fetch(
+            "SELECT phone, reason, source, created_at FROM blocklist ORDER BY created_at, phone")]
+
+    async def seed_blocklist(self, phones: Sequence[str]) -> None:
+        """Make the configured entries (``[compliance] blocklist``) exactly ``phones``: new ones
+        added, ones no longer configured removed; entries added by an admin are kept."""
+        async with self.transaction() as tx:
+            await tx.execute("DELETE FROM blocklist WHERE source = 'config' AND phone <> ALL($1::text[])",
+                             list(phones))
+            await tx.execute("INSERT INTO blocklist (phone, reason, source)"
+                             " SELECT p, 'configured', 'config' FROM unnest($1::text[]) AS p"
+                             " ON CONFLICT (phone) DO NOTHING", list(phones))
+
+    async def add_mo_subscription(self, account_id: int, service_number: str, keyword: str,
+                                  url: str) -> tuple[MoSubscription, bool]:
+        """Subscribe the account to MOs; the same subscription twice is one (``False``: existed)."""
+        row = await self.fetchrow(
+            "WITH i AS (INSERT INTO mo_subscriptions (account_id, service_number, keyword, url)"
+            "           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+            "           RETURNING id, account_id, service_number, keyword, url, created_at)"
+            " SELECT *, true AS created FROM i UNION ALL"
+            " SELECT id, account_id, service_number, keyword, url, created_at, false FROM mo_subscriptions"
+            " WHERE account_id = $1 AND service_number = $2 AND keyword = $3 AND url = $4"
+            " AND NOT EXISTS (SELECT 1 FROM i)",
+            account_id, service_number, keyword, url)
+        assert row is not None
+        created = row["created"]
+        return MoSubscription(**{k: row[k] for k in MoSubscription.__struct_fields__}), created
+
+    async def mo_subscriptions(self, account_id: int) -> list[MoSubscription]:
+        return [MoSubscription(**dict(r)) for r in await self.fetch(
+            "SELECT id, account_id, service_number, keyword, url, created_at FROM mo_subscriptions"
+            " WHERE account_id = $1 ORDER BY id", account_id)]
+
+    async def delete_mo_subscription(self, account_id: int, subscription_id: int) -> bool:
+        return await self.execute("DELETE FROM mo_subscriptions WHERE id = $1 AND account_id = $2",
+                                  subscription_id, account_id) == "DELETE 1"
+
+    async def mo_subscriptions_for(self, number: str) -> list[MoSubscription]:
+        """Subscriptions whose service number ``number`` starts with (any account, any keyword)."""
+        return [MoSubscription(**dict(r)) for r in await self.fetch(
+            "SELECT id, account_id, service_number, keyword, url, created_at FROM mo_subscriptions"
+            " WHERE $1 LIKE service_number || '%' ORDER BY id", number)]
+
+
+# -- MO and compliance: stored shapes ------------------------------------------------------------
+
+
+class InboundMo(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored inbound message, as MO dispatch claims it."""
+
+    id: int
+    channel: str
+    sender: str
+    service_number: str
+    body: str
+    received_at: datetime
+    attempts: int = 1
+
+
+class MoSubscription(msgspec.Struct, frozen=True, kw_only=True):
+    """An upstream app's subscription to the MOs of a service number (and its extensions),
+    optionally only those whose first word is ``keyword``."""
+
+    id: int
+    account_id: int
+    service_number: str
+    keyword: str
+    url: str
+    created_at: datetime | None = None
+
+
+class BlockedNumber(msgspec.Struct, frozen=True, kw_only=True):
+    phone: str
+    reason: str
+    source: str
+    created_at: datetime
+
 
 class Transaction:
     """Statements on one connection inside :meth:`Store.transaction`."""

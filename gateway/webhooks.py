@@ -11,6 +11,11 @@ one message go in order: only its oldest pending one may be sent. A non-2xx answ
 network error is retried with growing delays until :data:`BACKOFF` is
 spent; then the row is marked ``failed`` with the last error.
 
+MO callbacks (kind ``mo``) go the same way: MO dispatch queues one per subscribed app in the
+transaction that marks the MO dispatched; the POST carries
+``{"id", "from", "to", "text", "keyword", "received_at"}``, signed alike with the subscribing
+account's secret, retried on the same schedule.
+
 httpx does the client side (connection pooling, TLS, redirects off, timeouts) on Trio.
 """
 
@@ -57,6 +62,18 @@ class DeliveryCallback(msgspec.Struct, frozen=True):
     error_code: str | None
 
 
+class MoCallback(msgspec.Struct, frozen=True):
+    """The body of an MO callback (kind ``mo``): a consumer's text to a subscribed number."""
+
+    id: str
+    sender: str = msgspec.field(name="from")
+    to: str = ""
+    text: str = ""
+    keyword: str = ""
+    """The first word, normalized as the command language has it (``"CJ"``, ``"1"``)."""
+    received_at: datetime | None = None
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -78,12 +95,20 @@ WITH c AS (
       AND NOT EXISTS (SELECT 1 FROM webhook_outbox p
                       WHERE p.message_id = w.message_id AND p.state = 'pending' AND p.id < w.id)
     ORDER BY w.next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
+),
+u AS (
+    UPDATE webhook_outbox w SET lease_until = now() + make_interval(secs => $2), attempts = w.attempts + 1
+    FROM c WHERE w.id = c.id
+    RETURNING w.id, w.url, w.attempts, w.kind, w.dlr_type, w.event_status, w.event_at, w.message_id, w.mo_id,
+              w.account_id
 )
-UPDATE webhook_outbox w SET lease_until = now() + make_interval(secs => $2), attempts = w.attempts + 1
-FROM c, messages m, accounts a
-WHERE w.id = c.id AND m.id = w.message_id AND a.id = m.account_id
-RETURNING w.id, w.url, w.attempts, w.kind, w.dlr_type, w.event_status, w.event_at, m.id AS message_id, m.dest,
-          m.channel, m.error_code, m.sender, a.webhook_secret
+SELECT u.id, u.url, u.attempts, u.kind, u.dlr_type, u.event_status, u.event_at, u.message_id, m.dest,
+       m.channel, m.error_code, m.sender, a.webhook_secret, u.mo_id, i.sender AS mo_sender,
+       i.service_number AS mo_service_number, i.body AS mo_body, i.command AS mo_command,
+       i.received_at AS mo_received_at
+FROM u LEFT JOIN messages m ON m.id = u.message_id
+       LEFT JOIN inbound_messages i ON i.id = u.mo_id
+       JOIN accounts a ON a.id = coalesce(m.account_id, u.account_id)
 """
 
 
@@ -145,7 +170,8 @@ class WebhookSender:
             attempts = row["attempts"]
             self._publish(row, False, code, error)
             if attempts >= len(self._backoff):
-                log.warning("webhook given up message_id=%s attempts=%d error=%s", row["message_id"], attempts, error)
+                log.warning("webhook given up kind=%s message_id=%s mo_id=%s attempts=%d error=%s", row["kind"],
+                            row["message_id"], row["mo_id"], attempts, error)
                 await self._finish(row["id"], "failed", error)
                 self._metrics.webhooks.labels("failed").inc()
             else:
@@ -171,6 +197,13 @@ class WebhookSender:
                 reply=row["error_code"] or row["event_status"].upper(), channel=row["channel"] or "",
                 message_id=row["message_id"])
             return await client.get(url, headers={"User-Agent": "smsgw-dlr"})
+        if row["kind"] == "mo":
+            body = _encoder.encode(MoCallback(
+                id=str(row["mo_id"]), sender=row["mo_sender"], to=row["mo_service_number"], text=row["mo_body"],
+                keyword=row["mo_command"], received_at=row["mo_received_at"]))
+            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
+                       "User-Agent": "smsgw-mo"}
+            return await client.post(row["url"], content=body, headers=headers)
         body = _encoder.encode(DeliveryCallback(
             id=str(row["message_id"]), to=row["dest"], status=row["event_status"], channel=row["channel"],
             at=row["event_at"], error_code=row["error_code"]))
