@@ -92,8 +92,10 @@ CREATE TABLE crm_approval_requests (
     decided_at       timestamptz,
     decided_mo_id    bigint UNIQUE,                               -- decided by SMS
     requester_told   boolean NOT NULL DEFAULT false,
+    client_key       text CHECK (length(client_key) BETWEEN 1 AND 128),  -- filed by API, idempotently
     created_at       timestamptz NOT NULL DEFAULT now(),
     UNIQUE (merchant_id, number),
+    UNIQUE (requester_id, client_key),
     CHECK ((status = 'pending') = (decided_at IS NULL))
 );
 CREATE INDEX crm_approval_requests_due ON crm_approval_requests (deadline) WHERE status = 'pending';
@@ -110,6 +112,7 @@ CREATE TABLE crm_approval_events (
     actor_id    bigint REFERENCES crm_staff (id),
     target_id   bigint REFERENCES crm_staff (id),
     detail      text NOT NULL DEFAULT '',
+    mo_id       bigint UNIQUE,          -- the SMS that caused it: a re-dispatch records nothing twice
     at          timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX crm_approval_events_request ON crm_approval_events (request_id, id);
