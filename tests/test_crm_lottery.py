@@ -348,3 +348,27 @@ async def test_rest_campaign_life_and_audit_recomputation(shop):
             assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
             assert (await stranger.get("/v1/crm/lotteries/abc")).status_code == 404
     assert owner.role == Role.OWNER
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+async def test_demo_seed_is_repeatable_and_playable(shop):
+    from crm_lite import approvals as ap
+    from crm_lite.demo_lottery import DEMO_STAFF_PHONES, seed_demo
+
+    first = await seed_demo(shop.store, shop.merchant, DEMO_STAFF_PHONES)
+    again = await seed_demo(shop.store, shop.merchant, ["13900000009", "13900000008", "13900000007"])
+    assert first["lottery"]["id"] == again["lottery"]["id"] and first["lottery"]["keyword"] == "CJ"
+    assert [p["stock"] for p in first["lottery"]["prizes"]] == [1, 5, 20]
+    assert all(s["token"].startswith("crm_") for s in first["staff"].values())
+    assert all(s["token"] is None for s in again["staff"].values())
+    assert {k: s["id"] for k, s in first["staff"].items()} == {k: s["id"] for k, s in again["staff"].items()}
+    chain = {r["phone"]: r["approver"] for r in await shop.store.fetch(
+        "SELECT s.phone, a.phone AS approver FROM crm_staff s LEFT JOIN crm_staff a ON a.id = s.approver_id")}
+    assert chain == {"13900000009": None, "13900000008": "13900000009", "13900000007": "13900000008"}
+
+    await lt.LotteryHandler(shop.store).handle(await shop.command("13900000001", "CJ"), shop.outbox)
+    assert "「开业抽奖」抽奖，抽奖号1" in (await shop.inbox("13900000001"))[0]
+    await ap.ApprovalHandler(shop.store).handle(await shop.command("13900000007", "SP 报销 500 出差"), shop.outbox)
+    assert await shop.inbox("13900000008") == [f"{SIG}申请#1 李四 报销 500元 出差，回复Y1同意，N1拒绝"]
