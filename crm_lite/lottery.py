@@ -219,10 +219,11 @@ class Lottery(msgspec.Struct, frozen=True, kw_only=True):
     seed_hash: str
     status: str
     """``open`` (entries accepted inside the window), ``closed`` or ``drawn``."""
-    entry_count: int
     created_at: datetime
     closed_at: datetime | None
     drawn_at: datetime | None
+    entry_count: int | None = None
+    """Entries so far (``None`` where the query did not count them)."""
 
     def accepting(self, at: datetime) -> bool:
         return self.status == "open" and self.starts_at <= at < self.ends_at
@@ -237,8 +238,15 @@ class Winner(msgspec.Struct, frozen=True, kw_only=True):
     notified_at: datetime | None = None
 
 
-_COLUMNS = ("id, merchant_id, name, keyword, starts_at, ends_at, max_entries, max_entries_per_day, max_wins,"
-            " members_only, seed_hash, status, entry_count, created_at, closed_at, drawn_at")
+_BASE = ("id, merchant_id, name, keyword, starts_at, ends_at, max_entries, max_entries_per_day, max_wins,"
+         " members_only, seed_hash, status, created_at, closed_at, drawn_at")
+_COLUMNS = _BASE + (", (SELECT count(*) FROM crm_lottery_entries e WHERE e.lottery_id = crm_lotteries.id)"
+                    " AS entry_count")
+
+
+def entry_sequence(lottery_id: int) -> str:
+    """The campaign's own sequence of entry numbers (created with it)."""
+    return f"crm_lottery_entry_seq_{int(lottery_id)}"
 
 
 def _lottery(row: Any) -> Lottery:
@@ -279,14 +287,15 @@ async def create_lottery(store: Store, merchant_id: int, *, name: str, starts_at
         row = await tx.fetchrow(
             "INSERT INTO crm_lotteries (merchant_id, name, keyword, starts_at, ends_at, max_entries,"
             " max_entries_per_day, max_wins, members_only, seed, seed_hash)"
-            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}",
+            f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_BASE}",
             merchant_id, name, kw, starts_at, ends_at, max_entries, max_entries_per_day, max_wins,
             members_only, seed, seed_hash)
+        await tx.execute(f"CREATE SEQUENCE {entry_sequence(row['id'])} AS bigint")
         for position, (prize_name, stock) in enumerate(prizes, start=1):
             await tx.execute("INSERT INTO crm_lottery_prizes (lottery_id, position, name, stock)"
                              " VALUES ($1, $2, $3, $4)", row["id"], position, prize_name, stock)
     log.info("lottery created merchant=%s lottery=%s keyword=%s", merchant_id, row["id"], kw)
-    return _lottery(row)
+    return msgspec.structs.replace(_lottery(row), entry_count=0)
 
 
 async def lottery(store: Store, merchant_id: int, lottery_id: int) -> Lottery:
@@ -330,16 +339,15 @@ async def add_prize(store: Store, merchant_id: int, lottery_id: int, name: str, 
 async def close_lottery(store: Store, merchant_id: int, lottery_id: int) -> Lottery:
     """Stop taking entries (before the window ends); closing a closed campaign changes nothing."""
     async with store.transaction() as tx:
-        row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM crm_lotteries WHERE id = $1 AND merchant_id = $2"
+        row = await tx.fetchrow("SELECT status FROM crm_lotteries WHERE id = $1 AND merchant_id = $2"
                                 " FOR UPDATE", lottery_id, merchant_id)
         if row is None:
             raise NotFound(f"no lottery {lottery_id}")
         if row["status"] == "drawn":
             raise AlreadyDrawn(f"lottery {lottery_id} is already drawn")
         if row["status"] == "open":
-            row = await tx.fetchrow(f"UPDATE crm_lotteries SET status = 'closed', closed_at = now() WHERE id = $1"
-                                    f" RETURNING {_COLUMNS}", lottery_id)
-    return _lottery(row)
+            await tx.execute("UPDATE crm_lotteries SET status = 'closed', closed_at = now() WHERE id = $1", lottery_id)
+    return await lottery(store, merchant_id, lottery_id)
 
 
 # --- entering -------------------------------------------------------------------------------------
@@ -359,10 +367,41 @@ class EntryOutcome(msgspec.Struct, frozen=True, kw_only=True):
     entry_no: int | None = None
 
 
+_ENTER = """
+WITH lot AS (
+    SELECT status, starts_at, ends_at, max_entries, max_entries_per_day
+    FROM crm_lotteries WHERE id = $1 FOR SHARE
+), counts AS (
+    SELECT count(*) AS total, count(*) FILTER (WHERE local_day = $4) AS today
+    FROM crm_lottery_entries WHERE lottery_id = $1 AND phone = $2
+), verdict AS (
+    SELECT CASE WHEN $3 < lot.starts_at THEN 'not_started'
+                WHEN lot.status <> 'open' OR $3 >= lot.ends_at THEN 'closed'
+                WHEN counts.total >= lot.max_entries THEN 'limit'
+                WHEN counts.today >= lot.max_entries_per_day THEN 'daily_limit'
+                ELSE 'entered' END AS status,
+           counts.total, counts.today
+    FROM lot, counts
+), entry AS (
+    INSERT INTO crm_lottery_entries (lottery_id, entry_no, phone, local_day, mo_id, slot, day_slot, created_at)
+    SELECT $1, nextval($6::regclass), $2, $4, $5, total + 1, today + 1, $3 FROM verdict WHERE status = 'entered'
+    RETURNING entry_no
+)
+SELECT verdict.status, (SELECT entry_no FROM entry) AS entry_no FROM verdict
+"""
+ENTER_ATTEMPTS = 5
+"""Tries of an entry that collided with a simultaneous entry of the same phone."""
+
+
 async def enter(store: Store, lot: Lottery, phone: str, *, at: datetime, mo_id: int | None = None,
                 timezone: str = DEFAULT_TIMEZONE, is_member: IsMember = anyone) -> EntryOutcome:
     """Enter ``phone`` into ``lot`` as of ``at`` (the MO's reception time). An entry made for an
-    ``mo_id`` is made once: asked again, the original entry is the answer."""
+    ``mo_id`` is made once: asked again, the original entry is the answer.
+
+    One statement: it holds the campaign's row in share mode (entries do not wait on each
+    other; a draw or a close waits for them, and they for it), checks window and limits, and
+    inserts. Two simultaneous entries of one phone collide on their ``slot`` and the later one
+    is tried again, now counting the first."""
     if mo_id is not None:
         done = await store.fetchval("SELECT entry_no FROM crm_lottery_entries WHERE mo_id = $1", mo_id)
         if done is not None:
@@ -370,41 +409,24 @@ async def enter(store: Store, lot: Lottery, phone: str, *, at: datetime, mo_id: 
     if lot.members_only and not await is_member(lot.merchant_id, phone):
         return EntryOutcome(status=EntryStatus.NOT_MEMBER)
     local_day = at.astimezone(zoneinfo.ZoneInfo(timezone)).date()
-    try:
-        async with store.transaction() as tx:
-            # The campaign's row lock orders its entries: numbers and limits are race-free.
-            row = await tx.fetchrow("SELECT status, starts_at, ends_at, max_entries, max_entries_per_day"
-                                    " FROM crm_lotteries WHERE id = $1 FOR UPDATE", lot.id)
-            if mo_id is not None:
-                done = await tx.fetchval("SELECT entry_no FROM crm_lottery_entries WHERE mo_id = $1", mo_id)
-                if done is not None:
-                    return EntryOutcome(status=EntryStatus.ENTERED, entry_no=done)
-            if at < row["starts_at"]:
-                return EntryOutcome(status=EntryStatus.NOT_STARTED)
-            if row["status"] != "open" or at >= row["ends_at"]:
-                return EntryOutcome(status=EntryStatus.CLOSED)
-            counts = await tx.fetchrow(
-                "SELECT count(*) AS total, count(*) FILTER (WHERE local_day = $3) AS today"
-                " FROM crm_lottery_entries WHERE lottery_id = $1 AND phone = $2", lot.id, phone, local_day)
-            if counts["total"] >= row["max_entries"]:
-                return EntryOutcome(status=EntryStatus.LIMIT)
-            if row["max_entries_per_day"] is not None and counts["today"] >= row["max_entries_per_day"]:
-                return EntryOutcome(status=EntryStatus.DAILY_LIMIT)
-            entry_no = await tx.fetchval(
-                "UPDATE crm_lotteries SET entry_count = entry_count + 1 WHERE id = $1 RETURNING entry_count", lot.id)
-            await tx.execute(
-                "INSERT INTO crm_lottery_entries (lottery_id, entry_no, phone, local_day, mo_id, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6)", lot.id, entry_no, phone, local_day, mo_id, at)
-    except StoreConflict:
-        if mo_id is None:
-            raise
-        # The same MO entered on another connection between our two looks: that entry stands.
-        done = await store.fetchval("SELECT entry_no FROM crm_lottery_entries WHERE mo_id = $1", mo_id)
-        if done is None:
-            raise
-        return EntryOutcome(status=EntryStatus.ENTERED, entry_no=done)
-    log.info("lottery entry lottery=%s entry=%s phone=%s", lot.id, entry_no, mask_msisdn(phone))
-    return EntryOutcome(status=EntryStatus.ENTERED, entry_no=entry_no)
+    for attempt in range(ENTER_ATTEMPTS):
+        try:
+            row = await store.fetchrow(_ENTER, lot.id, phone, at, local_day, mo_id, entry_sequence(lot.id))
+        except StoreConflict as exc:
+            if mo_id is not None and "mo_id" in exc.constraint:
+                # The same MO entered on another connection meanwhile: that entry stands.
+                done = await store.fetchval("SELECT entry_no FROM crm_lottery_entries WHERE mo_id = $1", mo_id)
+                return EntryOutcome(status=EntryStatus.ENTERED, entry_no=done)
+            if attempt == ENTER_ATTEMPTS - 1 or "slot" not in exc.constraint:
+                raise
+            continue
+        if row is None:
+            raise NotFound(f"no lottery {lot.id}")
+        status = EntryStatus(row["status"])
+        if status == EntryStatus.ENTERED:
+            log.info("lottery entry lottery=%s entry=%s phone=%s", lot.id, row["entry_no"], mask_msisdn(phone))
+        return EntryOutcome(status=status, entry_no=row["entry_no"])
+    raise AssertionError("unreachable")
 
 
 IMPORT_CHUNK = 100_000
@@ -412,25 +434,25 @@ IMPORT_CHUNK = 100_000
 
 
 async def import_entries(store: Store, lottery_id: int, phones: Sequence[str], *, at: datetime,
-                         timezone: str = DEFAULT_TIMEZONE) -> int:
+                         timezone: str = DEFAULT_TIMEZONE) -> None:
     """Append entries taken elsewhere (paper forms at the till, another system), numbered in
     order after the existing ones, in bulk. The caller vouches for the window and the limits:
-    they are not checked here. Returns the last entry number."""
+    they are not checked here (the entries count towards them afterwards)."""
     local_day = at.astimezone(zoneinfo.ZoneInfo(timezone)).date()
-    last = 0
     for start in range(0, len(phones), IMPORT_CHUNK):
         chunk = list(phones[start:start + IMPORT_CHUNK])
         async with store.transaction() as tx:
-            row = await tx.fetchrow("UPDATE crm_lotteries SET entry_count = entry_count + $2 WHERE id = $1"
-                                    " AND status <> 'drawn' RETURNING entry_count", lottery_id, len(chunk))
-            if row is None:
-                raise AlreadyDrawn(f"lottery {lottery_id} is drawn or does not exist")
-            last = row["entry_count"]
+            # The campaign's row in share mode, as for an SMS entry: no draw can run meanwhile.
+            status = await tx.fetchval("SELECT status FROM crm_lotteries WHERE id = $1 FOR SHARE", lottery_id)
+            if status is None:
+                raise NotFound(f"no lottery {lottery_id}")
+            if status == "drawn":
+                raise AlreadyDrawn(f"lottery {lottery_id} is drawn")
             await tx.execute(
                 "INSERT INTO crm_lottery_entries (lottery_id, entry_no, phone, local_day, created_at)"
-                " SELECT $1, $2 + t.n, t.phone, $4, $5 FROM unnest($3::text[]) WITH ORDINALITY AS t(phone, n)",
-                lottery_id, last - len(chunk), chunk, local_day, at)
-    return last
+                " SELECT $1, nextval($5::regclass), t.phone, $3, $4"
+                " FROM unnest($2::text[]) WITH ORDINALITY AS t(phone, n) ORDER BY t.n",
+                lottery_id, chunk, local_day, at, entry_sequence(lottery_id))
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True):
@@ -604,7 +626,7 @@ class LotteryHandler:
         """The campaign a keyword means at ``at``: the running one; else the next to start;
         else the latest one (to say it has ended)."""
         row = await self._store.fetchrow(
-            f"SELECT {_COLUMNS} FROM crm_lotteries WHERE merchant_id = $1 AND keyword = $2"
+            f"SELECT {_BASE} FROM crm_lotteries WHERE merchant_id = $1 AND keyword = $2"
             " ORDER BY (status = 'open' AND starts_at <= $3 AND ends_at > $3) DESC,"
             " (starts_at > $3) DESC, CASE WHEN starts_at > $3 THEN starts_at END ASC, starts_at DESC, id DESC"
             " LIMIT 1", merchant_id, keyword, at)

@@ -115,10 +115,28 @@ async def test_redispatched_mo_enters_once_and_replies_once(shop):
         for _ in range(2):
             nursery.start_soon(handler.handle, command, shop.outbox)
     await handler.handle(command, shop.outbox)
-    assert await shop.store.fetchval("SELECT entry_count FROM crm_lotteries WHERE id = $1", lot.id) == 1
+    assert await shop.store.fetchval("SELECT count(*) FROM crm_lottery_entries WHERE lottery_id = $1", lot.id) == 1
     assert await shop.inbox("13900000003") == [f"{SIG}您已参加「周年庆」抽奖，抽奖号1，开奖后中奖者将收到短信通知。"]
     refs = await shop.store.fetch("SELECT client_ref FROM messages WHERE dest = '13900000003'")
     assert [r["client_ref"] for r in refs] == [f"mo-{command.mo_id}-1"]
+
+
+async def test_simultaneous_entries_of_one_phone_respect_its_limits(shop):
+    lot = await lt.create_lottery(shop.store, shop.merchant.id, name="抢先", starts_at=now() - HOUR,
+                                  ends_at=now() + HOUR, max_entries=3, max_entries_per_day=2)
+    outcomes = []
+
+    async def one(mo_id):
+        outcomes.append(await lt.enter(shop.store, lot, "13900000010", at=now(), mo_id=mo_id))
+
+    async with trio.open_nursery() as nursery:
+        for mo_id in range(1, 9):
+            nursery.start_soon(one, 10_000 + mo_id)
+    entered = sorted(o.entry_no for o in outcomes if o.status == lt.EntryStatus.ENTERED)
+    assert len(entered) == 2 and len(set(entered)) == 2
+    assert Counter(o.status for o in outcomes)[lt.EntryStatus.DAILY_LIMIT] == 6
+    assert await shop.store.fetchval("SELECT count(*) FROM crm_lottery_entries WHERE lottery_id = $1", lot.id) == 2
+    assert (await lt.lottery(shop.store, shop.merchant.id, lot.id)).entry_count == 2
 
 
 async def test_outside_the_window_or_closed_says_why(shop):

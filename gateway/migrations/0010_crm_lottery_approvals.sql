@@ -17,7 +17,6 @@ CREATE TABLE crm_lotteries (
     seed                  bytea NOT NULL CHECK (length(seed) = 32),
     seed_hash             bytea NOT NULL CHECK (length(seed_hash) = 32),
     status                text NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'closed', 'drawn')),
-    entry_count           integer NOT NULL DEFAULT 0,
     created_at            timestamptz NOT NULL DEFAULT now(),
     closed_at             timestamptz,
     drawn_at              timestamptz,
@@ -37,18 +36,26 @@ CREATE TABLE crm_lottery_prizes (
     UNIQUE (id, stock)          -- the winners' foreign key carries the stock to check units against
 );
 
--- One row per entry; entry_no counts 1, 2, ... per lottery (crm_lotteries.entry_count). An
--- entry made by SMS keeps its inbound message id, so a re-dispatched MO enters once.
+-- One row per entry. entry_no comes from the campaign's own sequence
+-- (crm_lottery_entry_seq_<lottery id>, created with the campaign), so entries never wait on
+-- one another; numbers start at 1 and may skip one when an entry fails at the last moment.
+-- An entry by SMS keeps its inbound message id, so a re-dispatched MO enters once. ``slot`` is
+-- the phone's n-th entry in the campaign and ``day_slot`` its n-th that local day: two
+-- simultaneous entries of one phone that counted the same earlier entries collide here, so
+-- the per-phone limits hold under concurrency. Bulk imports leave them NULL.
 CREATE TABLE crm_lottery_entries (
     lottery_id  bigint NOT NULL REFERENCES crm_lotteries (id) ON DELETE CASCADE,
-    entry_no    integer NOT NULL CHECK (entry_no >= 1),
+    entry_no    bigint NOT NULL CHECK (entry_no >= 1),
     phone       text NOT NULL CHECK (phone ~ '^1[0-9]{10}$'),
     local_day   date NOT NULL,          -- the merchant's local date of the entry (daily limits)
     mo_id       bigint UNIQUE,
+    slot        integer,
+    day_slot    integer,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (lottery_id, entry_no)
+    PRIMARY KEY (lottery_id, entry_no),
+    UNIQUE (lottery_id, phone, slot),
+    UNIQUE (lottery_id, phone, local_day, day_slot)
 );
-CREATE INDEX crm_lottery_entries_phone ON crm_lottery_entries (lottery_id, phone, local_day);
 
 -- A winner row per unit of stock: (prize, unit) is unique and unit lies in 1..stock, so a
 -- prize can never be handed out more often than it is stocked, whatever runs the draw.
@@ -57,7 +64,7 @@ CREATE TABLE crm_lottery_winners (
     prize_id     bigint NOT NULL,
     stock        integer NOT NULL,
     unit         integer NOT NULL,
-    entry_no     integer NOT NULL,
+    entry_no     bigint NOT NULL,
     phone        text NOT NULL,
     notified_at  timestamptz,
     PRIMARY KEY (prize_id, unit),
