@@ -48,14 +48,19 @@ CREATE TABLE crm_lottery_entries (
     entry_no    bigint NOT NULL CHECK (entry_no >= 1),
     phone       text NOT NULL CHECK (phone ~ '^1[0-9]{10}$'),
     local_day   date NOT NULL,          -- the merchant's local date of the entry (daily limits)
-    mo_id       bigint UNIQUE,
+    mo_id       bigint,
     slot        integer,
     day_slot    integer,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (lottery_id, entry_no),
-    UNIQUE (lottery_id, phone, slot),
-    UNIQUE (lottery_id, phone, local_day, day_slot)
+    PRIMARY KEY (lottery_id, entry_no)
 );
+CREATE INDEX crm_lottery_entries_phone ON crm_lottery_entries (lottery_id, phone, local_day);
+-- Partial, so that bulk imports (no MO, no slots) pay for none of them.
+CREATE UNIQUE INDEX crm_lottery_entries_mo_id ON crm_lottery_entries (mo_id) WHERE mo_id IS NOT NULL;
+CREATE UNIQUE INDEX crm_lottery_entries_slot ON crm_lottery_entries (lottery_id, phone, slot)
+    WHERE slot IS NOT NULL;
+CREATE UNIQUE INDEX crm_lottery_entries_day_slot ON crm_lottery_entries (lottery_id, phone, local_day, day_slot)
+    WHERE day_slot IS NOT NULL;
 
 -- A winner row per unit of stock: (prize, unit) is unique and unit lies in 1..stock, so a
 -- prize can never be handed out more often than it is stocked, whatever runs the draw.
