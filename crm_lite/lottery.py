@@ -225,9 +225,6 @@ class Lottery(msgspec.Struct, frozen=True, kw_only=True):
     entry_count: int | None = None
     """Entries so far (``None`` where the query did not count them)."""
 
-    def accepting(self, at: datetime) -> bool:
-        return self.status == "open" and self.starts_at <= at < self.ends_at
-
 
 class Winner(msgspec.Struct, frozen=True, kw_only=True):
     prize_id: int

@@ -17,6 +17,7 @@ A campaign of another merchant is a 404, like one that does not exist.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 
@@ -24,6 +25,7 @@ import msgspec
 from msgspec import Meta
 
 from gateway.api import ApiError
+from gateway.errors import GatewayError
 from gateway.http import Request, Response, Router
 from gateway.router.commands import Outbox
 from gateway.store import Merchant, Store
@@ -31,6 +33,8 @@ from gateway.store import Merchant, Store
 from . import lottery as lt
 from .restkit import Authenticate, NotFound, decode, guarded, json_response, path_id, query_int
 from .staff import Permission, Staff, require
+
+log = logging.getLogger(__name__)
 
 AwareTime = Annotated[datetime, Meta(tz=True)]
 PrizeName = Annotated[str, Meta(min_length=1, max_length=40)]
@@ -148,10 +152,15 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
     async def draw(request: Request, actor: Staff, *, id: str) -> Response:
         require(actor, Permission.LOTTERY_DRAW)
         lottery_id = path_id(id, "lottery")
-        won = await lt.draw_lottery(store, actor.merchant_id, lottery_id)
-        notified = await lt.notify_winners(store, outbox, await _merchant(store, actor.merchant_id), lottery_id)
-        return json_response({"lottery_id": lottery_id, "winners": await lt.winners(store, lottery_id),
-                              "notified": notified, "drawn": len(won)})
+        await lt.draw_lottery(store, actor.merchant_id, lottery_id)
+        try:
+            notified = await lt.notify_winners(store, outbox, await _merchant(store, actor.merchant_id), lottery_id)
+        except GatewayError as exc:  # the draw stands; POST .../notify tells the rest
+            log.warning("lottery winners not all told lottery=%s error=%s", lottery_id, exc)
+            notified = 0
+        won = await lt.winners(store, lottery_id)
+        return json_response({"lottery_id": lottery_id, "winners": won, "notified": notified,
+                              "untold": sum(w.notified_at is None for w in won)})
 
     async def notify(request: Request, actor: Staff, *, id: str) -> Response:
         require(actor, Permission.LOTTERY_DRAW)

@@ -340,7 +340,7 @@ async def test_rest_campaign_life_and_audit_recomputation(shop):
         r = await api.post(f"/v1/crm/lotteries/{lid}/draw")
         assert r.status_code == 200, r.text
         drawn = r.json()
-        assert drawn["notified"] == 3 and len(drawn["winners"]) == 3
+        assert drawn["notified"] == 3 and len(drawn["winners"]) == 3 and drawn["untold"] == 0
         r = await api.post(f"/v1/crm/lotteries/{lid}/draw")
         assert r.status_code == 409 and r.json()["error"]["code"] == "already_drawn"
         r = await api.post(f"/v1/crm/lotteries/{lid}/prizes", json={"name": "晚到", "stock": 1})
