@@ -25,7 +25,7 @@ from gateway.store import Store
 
 from . import approvals as ap
 from .restkit import Authenticate, DomainError, decode, guarded, json_response, path_id, query_int, query_str
-from .staff import Permission, Staff, require
+from .staff import Permission, Staff, require, staff_by_id
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,15 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
             raise ApiError(403, "forbidden", f"request #{req.number} is neither yours nor waiting for you")
         return req
 
+    async def in_person(actor: Staff) -> None:
+        """Filing and deciding name a person in the audit trail: an account key acting for
+        the owner (no staff row) may read, not act."""
+        if await staff_by_id(store, actor.id) is None:
+            raise ApiError(403, "forbidden", "filing or deciding needs a staff member's own token (crm_...)")
+
     async def file(request: Request, actor: Staff) -> Response:
         require(actor, Permission.APPROVALS_FILE)
+        await in_person(actor)
         body = decode(request.body, FileIn)
         try:
             filed, created = await ap.file_request(store, actor, kind=body.kind, amount_fen=body.amount_fen,
@@ -91,6 +98,7 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
     async def decide(request: Request, actor: Staff, *, number: str) -> Response:
         body = decode(request.body, DecisionIn)
         req = await visible(actor, number)
+        await in_person(actor)
         outcome, decided = await ap.decide(store, actor, req.number, body.decision == "approve")
         if outcome == ap.Decision.NOT_APPROVER:
             raise ApiError(403, "not_approver", f"request #{req.number} waits for {decided.approver_name}")

@@ -40,6 +40,7 @@ once, under a row lock (a second draw is refused with :class:`AlreadyDrawn`).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import re
 import secrets
@@ -73,8 +74,8 @@ KEYWORD_RE = re.compile(r"^[A-Z0-9]{1,10}$")
 _DECISION_RE = re.compile(r"^[YN][0-9]+$")
 _WORD = 2**64
 
-IsMember = Callable[[int, str], Awaitable[bool]]
-"""``await is_member(merchant_id, phone)``: may this phone enter a members-only lottery."""
+IsMember = Callable[[int, str], Awaitable[bool] | bool]
+"""``is_member(merchant_id, phone)``, plain or async: may this phone enter a members-only lottery."""
 
 
 async def anyone(merchant_id: int, phone: str) -> bool:
@@ -403,8 +404,12 @@ async def enter(store: Store, lot: Lottery, phone: str, *, at: datetime, mo_id: 
         done = await store.fetchval("SELECT entry_no FROM crm_lottery_entries WHERE mo_id = $1", mo_id)
         if done is not None:
             return EntryOutcome(status=EntryStatus.ENTERED, entry_no=done)
-    if lot.members_only and not await is_member(lot.merchant_id, phone):
-        return EntryOutcome(status=EntryStatus.NOT_MEMBER)
+    if lot.members_only:
+        member = is_member(lot.merchant_id, phone)
+        if inspect.isawaitable(member):
+            member = await member
+        if not member:
+            return EntryOutcome(status=EntryStatus.NOT_MEMBER)
     local_day = at.astimezone(zoneinfo.ZoneInfo(timezone)).date()
     for attempt in range(ENTER_ATTEMPTS):
         try:

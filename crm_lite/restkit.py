@@ -3,7 +3,8 @@ named, JSON answers, and one place that turns domain errors into SPEC's error sh
 
 Every route handler is wrapped by :func:`guarded`: :class:`~gateway.api.ApiError` becomes its
 response, :class:`~crm_lite.staff.Forbidden` a 403 ``forbidden``, an unreachable database a
-503, and a :class:`DomainError` the status and code it carries. Bad input never answers 500.
+503, a constraint violation a 409 ``conflict``, and a :class:`DomainError` the status and code
+it carries. Bad input never answers 500.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from gateway.api import ApiError
-from gateway.errors import GatewayError, StoreUnavailable
+from gateway.errors import GatewayError, StoreConflict, StoreUnavailable
 from gateway.http import Request, Response
 
 from .staff import Forbidden, Staff
@@ -109,6 +110,8 @@ def guarded(authenticate: Authenticate,
             return ApiError(403, "forbidden", str(exc)).response()
         except DomainError as exc:
             return ApiError(exc.status, exc.code, str(exc)).response()
+        except StoreConflict as exc:  # input that clashes with what is stored, caught by a constraint
+            return ApiError(409, "conflict", f"the request clashes with stored data ({exc.constraint or exc})").response()
         except StoreUnavailable as exc:
             log.warning("crm request failed: database unavailable path=%s error=%s", request.path, exc)
             return ApiError(503, "unavailable", "the database is unreachable; try again").response()

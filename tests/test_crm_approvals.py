@@ -12,7 +12,7 @@ import trio
 
 from crm_lite import approvals as ap
 from crm_lite.approvals_api import register_routes
-from crm_lite.staff import Role, create_staff, staff_by_token
+from crm_lite.staff import Role, Staff, create_staff, staff_by_token
 from gateway.api import ApiError
 from gateway.router.commands import InboundCommand, parse_command
 
@@ -20,10 +20,12 @@ SIG = "【演示商场】"
 OWNER, MANAGER, CASHIER, WAITER, STRANGER = "13900000009", "13900000008", "13900000007", "13900000006", "13800000001"
 
 
-def make_authenticate(store):
+def make_authenticate(store, stand_ins):
+    """Staff tokens, plus ``stand_ins``: tokens acting as a Staff with no staff row (as a
+    merchant's account key acts for its owner)."""
     async def authenticate(request):
-        header = request.headers.get("authorization", "")
-        staff = await staff_by_token(store, header.removeprefix("Bearer ").strip())
+        token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        staff = stand_ins.get(token) or await staff_by_token(store, token)
         if staff is None:
             raise ApiError(401, "unauthorized", "send a staff token as `Authorization: Bearer crm_...`")
         return staff
@@ -84,8 +86,11 @@ async def office(nursery, database_url):
     from gateway.app import serve_gateway
     from gateway.config import DatabaseConfig, DispatcherConfig, HttpConfig, default_config
 
+    stand_ins = {}
+
     def routes(router, running):
-        register_routes(router, running.store, running.outbox, make_authenticate(running.store), timeout_s=3600)
+        register_routes(router, running.store, running.outbox, make_authenticate(running.store, stand_ins),
+                        timeout_s=3600)
 
     config = default_config(database=DatabaseConfig(url=database_url), http=HttpConfig(listen="127.0.0.1:0"),
                             dispatcher=DispatcherConfig(quiet_hours=""))
@@ -94,6 +99,8 @@ async def office(nursery, database_url):
     merchant = await running.store.ensure_merchant("mall", account.id, "10658888001", SIG)
     office = Office(running, merchant)
     await office.hire()
+    stand_ins["account-key"] = Staff(id=0, merchant_id=merchant.id, phone="", name="mall", role=Role.OWNER)
+    office.tokens["account"] = "account-key"
     return office
 
 
@@ -300,3 +307,16 @@ async def test_rest_file_list_get_decide_with_permissions(office):
         assert [(e["kind"], e["actor_name"]) for e in trail] == [
             ("filed", "李四"), ("notified", None), ("refused", "王总"), ("decided", "张经理"), ("told", None)]
         assert all(e["at"] for e in trail)
+
+
+async def test_an_account_key_acting_for_the_owner_reads_but_does_not_act(office):
+    async with office.client("account") as account, office.client("cashier") as cashier:
+        r = await account.post("/v1/crm/approvals", json={"kind": "报销", "amount_fen": 100, "reason": "x"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert (await cashier.post("/v1/crm/approvals",
+                                   json={"kind": "报销", "amount_fen": 100, "reason": "x"})).status_code == 201
+        assert [x["number"] for x in (await account.get("/v1/crm/approvals")).json()["requests"]] == [1]
+        assert (await account.get("/v1/crm/approvals/1")).status_code == 200
+        r = await account.post("/v1/crm/approvals/1/decision", json={"decision": "approve"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert (await ap.request_by_number(office.store, office.merchant.id, 1)).status == "pending"

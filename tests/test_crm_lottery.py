@@ -184,6 +184,11 @@ async def test_daily_limit_and_members_only(shop):
         f"{SIG}「会员专享」抽奖仅限会员参加。回复1免费加入会员，再回复HY即可参加。"]
     await members_handler.handle(await shop.command("13900000006", "HY"), shop.outbox)
     assert "抽奖号1" in (await shop.inbox("13900000006"))[0]
+    plain_check = lt.LotteryHandler(shop.store, is_member=lambda merchant_id, phone: phone == "13900000011")
+    await plain_check.handle(await shop.command("13900000011", "HY"), shop.outbox)
+    await plain_check.handle(await shop.command("13900000012", "HY"), shop.outbox)
+    assert "抽奖号2" in (await shop.inbox("13900000011"))[0]
+    assert "仅限会员" in (await shop.inbox("13900000012"))[0]
 
 
 async def test_no_lottery_and_other_keywords(shop):
