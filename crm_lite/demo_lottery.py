@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
+from gateway.errors import StoreConflict
 from gateway.store import Merchant, Store
 
 from . import lottery as lt
 from .staff import Role, create_staff, staff_by_phone
 
 DEMO_STAFF_PHONES: dict[str, str] = {"owner": "13900000009", "manager": "13900000008", "cashier": "13900000007"}
-DEMO_STAFF_NAMES: dict[str, str] = {"owner": "王总", "manager": "张经理", "cashier": "李四"}
+DEMO_STAFF_NAMES: dict[str, str] = {"owner": "王老板", "manager": "李经理", "cashier": "张收银"}
 DEMO_LOTTERY = "开业抽奖"
 DEMO_PRIZES: tuple[tuple[str, int], ...] = (("一等奖 电饭煲", 1), ("二等奖 保温杯", 5), ("三等奖 10元代金券", 20))
 DEMO_DAYS = 30
@@ -36,8 +37,14 @@ async def seed_demo(store: Store, merchant: Merchant,
         member = await staff_by_phone(store, merchant.id, phone)
         token = None
         if member is None:
-            member, token = await create_staff(store, merchant.id, phone, DEMO_STAFF_NAMES[role], Role(role),
-                                               approver_id=above)
+            try:
+                member, token = await create_staff(store, merchant.id, phone, DEMO_STAFF_NAMES[role], Role(role),
+                                                   approver_id=above)
+            except StoreConflict:  # deactivated, or seeded by another node this very moment
+                await store.execute("UPDATE crm_staff SET active = true WHERE merchant_id = $1 AND phone = $2",
+                                    merchant.id, phone)
+                member = await staff_by_phone(store, merchant.id, phone)
+                assert member is not None
         elif member.approver_id is None and above is not None and member.id != above:
             await store.execute("UPDATE crm_staff SET approver_id = $2 WHERE id = $1", member.id, above)
         staff[role] = {"id": member.id, "phone": member.phone, "name": member.name, "token": token}

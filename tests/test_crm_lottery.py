@@ -387,6 +387,9 @@ async def test_demo_seed_is_repeatable_and_playable(shop):
     assert all(s["token"].startswith("crm_") for s in first["staff"].values())
     assert all(s["token"] is None for s in again["staff"].values())
     assert {k: s["id"] for k, s in first["staff"].items()} == {k: s["id"] for k, s in again["staff"].items()}
+    await shop.store.execute("UPDATE crm_staff SET active = false WHERE phone = '13900000007'")
+    third = await seed_demo(shop.store, shop.merchant)
+    assert third["staff"]["cashier"]["id"] == first["staff"]["cashier"]["id"]
     chain = {r["phone"]: r["approver"] for r in await shop.store.fetch(
         "SELECT s.phone, a.phone AS approver FROM crm_staff s LEFT JOIN crm_staff a ON a.id = s.approver_id")}
     assert chain == {"13900000009": None, "13900000008": "13900000009", "13900000007": "13900000008"}
@@ -394,4 +397,4 @@ async def test_demo_seed_is_repeatable_and_playable(shop):
     await lt.LotteryHandler(shop.store).handle(await shop.command("13900000001", "CJ"), shop.outbox)
     assert "「开业抽奖」抽奖，抽奖号1" in (await shop.inbox("13900000001"))[0]
     await ap.ApprovalHandler(shop.store).handle(await shop.command("13900000007", "SP 报销 500 出差"), shop.outbox)
-    assert await shop.inbox("13900000008") == [f"{SIG}申请#1 李四 报销 500元 出差，回复Y1同意，N1拒绝"]
+    assert await shop.inbox("13900000008") == [f"{SIG}申请#1 张收银 报销 500元 出差，回复Y1同意，N1拒绝"]
