@@ -54,6 +54,9 @@ DEFAULT_INTERVAL_S = 30.0
 """Seconds between two rounds of :func:`serve_escalations`."""
 ESCALATION_BATCH = 100
 """Due requests one round claims at most."""
+RECORD_TIMEOUT = 10.0
+"""Seconds the record of a notice just sent may take, shielded from cancellation (a notice sent
+but not recorded would be sent again, deduplicated by its client_ref, but missing from the trail)."""
 MAX_KIND = 20
 MAX_REASON = 200
 MAX_AMOUNT_FEN = 10**12
@@ -347,11 +350,13 @@ async def notify_approver(store: Store, outbox: Outbox, merchant: Merchant, requ
             f"{row['reason']}{note}，回复Y{n}同意，N{n}拒绝")
     ref = f"mo-{row['mo_id']}-2" if level == 0 and row["mo_id"] is not None else f"approval-{request_id}-notify-{level}"
     await outbox.send(account_id=merchant.account_id, to=row["approver_phone"], text=text, client_ref=ref)
-    async with store.transaction() as tx:
-        moved = await tx.fetchval("UPDATE crm_approval_requests SET notified_level = $2 WHERE id = $1"
-                                  " AND notified_level < $2 RETURNING id", request_id, level)
-        if moved is not None:
-            await _event(tx, request_id, "notified", target=row["approver_id"], detail=f"level {level}")
+    with trio.CancelScope(shield=True) as scope:  # the notice is out: record it even when cancelled now
+        scope.deadline = trio.current_time() + RECORD_TIMEOUT
+        async with store.transaction() as tx:
+            moved = await tx.fetchval("UPDATE crm_approval_requests SET notified_level = $2 WHERE id = $1"
+                                      " AND notified_level < $2 RETURNING id", request_id, level)
+            if moved is not None:
+                await _event(tx, request_id, "notified", target=row["approver_id"], detail=f"level {level}")
     return True
 
 
@@ -369,11 +374,13 @@ async def tell_requester(store: Store, outbox: Outbox, merchant: Merchant, reque
             f"已被{row['decider']}{verdict}。")
     ref = f"mo-{row['decided_mo_id']}-2" if row["decided_mo_id"] is not None else f"approval-{request_id}-decision"
     await outbox.send(account_id=merchant.account_id, to=row["requester_phone"], text=text, client_ref=ref)
-    async with store.transaction() as tx:
-        moved = await tx.fetchval("UPDATE crm_approval_requests SET requester_told = true WHERE id = $1"
-                                  " AND NOT requester_told RETURNING id", request_id)
-        if moved is not None:
-            await _event(tx, request_id, "told", target=row["requester_id"], detail=str(row["status"]))
+    with trio.CancelScope(shield=True) as scope:  # the notice is out: record it even when cancelled now
+        scope.deadline = trio.current_time() + RECORD_TIMEOUT
+        async with store.transaction() as tx:
+            moved = await tx.fetchval("UPDATE crm_approval_requests SET requester_told = true WHERE id = $1"
+                                      " AND NOT requester_told RETURNING id", request_id)
+            if moved is not None:
+                await _event(tx, request_id, "told", target=row["requester_id"], detail=str(row["status"]))
     return True
 
 

@@ -4,6 +4,7 @@ the approver, refusals, escalation by the service, the audit trail and the REST 
 from __future__ import annotations
 
 import functools
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import httpx
@@ -45,12 +46,12 @@ class Office:
         self.tokens = {}
 
     async def hire(self):
-        owner, self.tokens["owner"] = await create_staff(self.store, self.merchant.id, OWNER, "王总", Role.OWNER)
-        manager, self.tokens["manager"] = await create_staff(self.store, self.merchant.id, MANAGER, "张经理",
+        owner, self.tokens["owner"] = await create_staff(self.store, self.merchant.id, OWNER, "王老板", Role.OWNER)
+        manager, self.tokens["manager"] = await create_staff(self.store, self.merchant.id, MANAGER, "李经理",
                                                              Role.MANAGER, approver_id=owner.id)
-        cashier, self.tokens["cashier"] = await create_staff(self.store, self.merchant.id, CASHIER, "李四",
+        cashier, self.tokens["cashier"] = await create_staff(self.store, self.merchant.id, CASHIER, "张收银",
                                                              Role.CASHIER, approver_id=manager.id)
-        waiter, self.tokens["waiter"] = await create_staff(self.store, self.merchant.id, WAITER, "小陈", Role.WAITER)
+        waiter, self.tokens["waiter"] = await create_staff(self.store, self.merchant.id, WAITER, "赵服务", Role.WAITER)
         self.staff = {"owner": owner, "manager": manager, "cashier": cashier, "waiter": waiter}
 
     async def command(self, phone: str, text: str) -> InboundCommand:
@@ -104,6 +105,16 @@ async def office(nursery, database_url):
     return office
 
 
+@asynccontextmanager
+async def escalations(office, interval: float):
+    """The escalation service for the block's length, stopped before the gateway (whose
+    database loop it uses) is."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(ap.serve_escalations, office.store, office.outbox, interval=interval))
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def wait_for(predicate, timeout: float = 15.0):
     with trio.fail_after(timeout):
         while not await predicate():
@@ -134,8 +145,8 @@ def test_parse_sp_and_decisions():
 async def test_sp_by_sms_notifies_the_approver_once(office):
     handler = ap.ApprovalHandler(office.store)
     command = await office.text(handler, CASHIER, "SP 报销 500 出差")
-    assert await office.inbox(CASHIER) == [f"{SIG}已提交申请#1 报销 500元 出差，等待张经理审批。"]
-    assert await office.inbox(MANAGER) == [f"{SIG}申请#1 李四 报销 500元 出差，回复Y1同意，N1拒绝"]
+    assert await office.inbox(CASHIER) == [f"{SIG}已提交申请#1 报销 500元 出差，等待李经理审批。"]
+    assert await office.inbox(MANAGER) == [f"{SIG}申请#1 张收银 报销 500元 出差，回复Y1同意，N1拒绝"]
     before = await office.message_count()
     assert await handler.handle(command, office.outbox) is True  # re-dispatch after a crash
     assert await office.message_count() == before
@@ -144,7 +155,7 @@ async def test_sp_by_sms_notifies_the_approver_once(office):
     assert [r["client_ref"] for r in refs] == [f"mo-{command.mo_id}-1", f"mo-{command.mo_id}-2"]
     # numbers count up per merchant
     await office.text(handler, CASHIER, "SP 采购 12.5 打印纸")
-    assert (await office.inbox(MANAGER))[-1] == f"{SIG}申请#2 李四 采购 12.5元 打印纸，回复Y2同意，N2拒绝"
+    assert (await office.inbox(MANAGER))[-1] == f"{SIG}申请#2 张收银 采购 12.5元 打印纸，回复Y2同意，N2拒绝"
     assert await handler.handle(await office.command(CASHIER, "CJ"), office.outbox) is False
 
 
@@ -152,26 +163,26 @@ async def test_y_by_the_approver_decides_and_tells_the_requester(office):
     handler = ap.ApprovalHandler(office.store)
     await office.text(handler, CASHIER, "SP 报销 500 出差")
     decision = await office.text(handler, MANAGER, "y1")
-    assert (await office.inbox(MANAGER))[-1] == f"{SIG}已同意申请#1（李四 报销 500元）。"
-    assert (await office.inbox(CASHIER))[-1] == f"{SIG}您的申请#1 报销 500元已被张经理同意。"
+    assert (await office.inbox(MANAGER))[-1] == f"{SIG}已同意申请#1（张收银 报销 500元）。"
+    assert (await office.inbox(CASHIER))[-1] == f"{SIG}您的申请#1 报销 500元已被李经理同意。"
     request = await ap.request_by_number(office.store, office.merchant.id, 1)
     assert request.status == "approved" and request.decided_by == office.staff["manager"].id
     before = await office.message_count()
     await handler.handle(decision, office.outbox)  # the same MO again: nothing new
     assert await office.message_count() == before
     await office.text(handler, MANAGER, "N1")  # a new text on a decided request
-    assert (await office.inbox(MANAGER))[-1] == f"{SIG}申请#1 已被张经理同意，无需再次处理。"
+    assert (await office.inbox(MANAGER))[-1] == f"{SIG}申请#1 已被李经理同意，无需再次处理。"
     assert (await ap.request_by_number(office.store, office.merchant.id, 1)).status == "approved"
-    assert await office.trail(1) == [("filed", "李四", "张经理"), ("notified", None, "张经理"),
-                                     ("decided", "张经理", None), ("told", None, "李四")]
+    assert await office.trail(1) == [("filed", "张收银", "李经理"), ("notified", None, "李经理"),
+                                     ("decided", "李经理", None), ("told", None, "张收银")]
 
 
 async def test_n_rejects(office):
     handler = ap.ApprovalHandler(office.store)
     await office.text(handler, CASHIER, "SP 报销 80 打车")
     await office.text(handler, MANAGER, "N1")
-    assert (await office.inbox(MANAGER))[-1] == f"{SIG}已拒绝申请#1（李四 报销 80元）。"
-    assert (await office.inbox(CASHIER))[-1] == f"{SIG}您的申请#1 报销 80元已被张经理拒绝。"
+    assert (await office.inbox(MANAGER))[-1] == f"{SIG}已拒绝申请#1（张收银 报销 80元）。"
+    assert (await office.inbox(CASHIER))[-1] == f"{SIG}您的申请#1 报销 80元已被李经理拒绝。"
     assert (await ap.request_by_number(office.store, office.merchant.id, 1)).status == "rejected"
 
 
@@ -179,9 +190,9 @@ async def test_only_the_named_approver_may_decide(office):
     handler = ap.ApprovalHandler(office.store)
     await office.text(handler, CASHIER, "SP 报销 500 出差")
     await office.text(handler, OWNER, "Y1")
-    assert await office.inbox(OWNER) == [f"{SIG}抱歉，申请#1 由张经理审批，您无法处理。"]
+    assert await office.inbox(OWNER) == [f"{SIG}抱歉，申请#1 由李经理审批，您无法处理。"]
     await office.text(handler, CASHIER, "Y1")
-    assert (await office.inbox(CASHIER))[-1] == f"{SIG}抱歉，申请#1 由张经理审批，您无法处理。"
+    assert (await office.inbox(CASHIER))[-1] == f"{SIG}抱歉，申请#1 由李经理审批，您无法处理。"
     await office.text(handler, STRANGER, "Y1")
     assert await office.inbox(STRANGER) == [f"{SIG}审批指令仅限本店员工使用。如需帮助请联系门店。"]
     await office.text(handler, MANAGER, "Y9")
@@ -189,7 +200,7 @@ async def test_only_the_named_approver_may_decide(office):
     request = await ap.request_by_number(office.store, office.merchant.id, 1)
     assert request.status == "pending" and request.decided_by is None
     assert [k for k, _, _ in await office.trail(1)] == ["filed", "notified", "refused", "refused"]
-    assert (await office.inbox(CASHIER))[:1] == [f"{SIG}已提交申请#1 报销 500元 出差，等待张经理审批。"]
+    assert (await office.inbox(CASHIER))[:1] == [f"{SIG}已提交申请#1 报销 500元 出差，等待李经理审批。"]
 
 
 async def test_malformed_sp_gets_the_format(office):
@@ -205,42 +216,43 @@ async def test_malformed_sp_gets_the_format(office):
 # --- escalation -----------------------------------------------------------------------------------
 
 
-async def test_escalation_passes_the_request_up_and_only_the_new_approver_decides(office, nursery):
+async def test_escalation_passes_the_request_up_and_only_the_new_approver_decides(office):
     handler = ap.ApprovalHandler(office.store, timeout_s=0.5)
     await office.text(handler, CASHIER, "SP 报销 500 出差")
-    await nursery.start(functools.partial(ap.serve_escalations, office.store, office.outbox, interval=0.1))
 
     async def owner_told():
-        return bool(await office.inbox(OWNER))
+        return bool(await office.inbox(OWNER)) and ("notified", None, "王老板") in await office.trail(1)
 
-    await wait_for(owner_told)
-    assert await office.inbox(OWNER) == [f"{SIG}申请#1 李四 报销 500元 出差（超时转交），回复Y1同意，N1拒绝"]
+    async with escalations(office, interval=0.1):
+        await wait_for(owner_told)
+    assert await office.inbox(OWNER) == [f"{SIG}申请#1 张收银 报销 500元 出差（超时转交），回复Y1同意，N1拒绝"]
     request = await ap.request_by_number(office.store, office.merchant.id, 1)
-    assert request.approver_name == "王总" and request.level == 1
+    assert request.approver_name == "王老板" and request.level == 1
     await office.text(handler, MANAGER, "Y1")
-    assert (await office.inbox(MANAGER))[-1] == f"{SIG}抱歉，申请#1 由王总审批，您无法处理。"
+    assert (await office.inbox(MANAGER))[-1] == f"{SIG}抱歉，申请#1 由王老板审批，您无法处理。"
     await office.text(handler, OWNER, "Y1")
-    assert (await office.inbox(CASHIER))[-1] == f"{SIG}您的申请#1 报销 500元已被王总同意。"
+    assert (await office.inbox(CASHIER))[-1] == f"{SIG}您的申请#1 报销 500元已被王老板同意。"
     assert await office.trail(1) == [
-        ("filed", "李四", "张经理"), ("notified", None, "张经理"), ("escalated", None, "王总"),
-        ("notified", None, "王总"), ("refused", "张经理", "王总"), ("decided", "王总", None), ("told", None, "李四")]
+        ("filed", "张收银", "李经理"), ("notified", None, "李经理"), ("escalated", None, "王老板"),
+        ("notified", None, "王老板"), ("refused", "李经理", "王老板"), ("decided", "王老板", None),
+        ("told", None, "张收银")]
     events = await ap.history(office.store, request.id)
     assert all(a.at <= b.at for a, b in zip(events, events[1:]))
 
 
-async def test_escalation_stops_at_the_top(office, nursery):
+async def test_escalation_stops_at_the_top(office):
     handler = ap.ApprovalHandler(office.store, timeout_s=0.2)
     await office.text(handler, MANAGER, "SP 采购 300 桌椅")  # the manager's approver is the owner
-    await nursery.start(functools.partial(ap.serve_escalations, office.store, office.outbox, interval=0.05))
 
     async def stalled():
         return (await ap.request_by_number(office.store, office.merchant.id, 1)).deadline is None
 
-    await wait_for(stalled)
+    async with escalations(office, interval=0.05):
+        await wait_for(stalled)
     request = await ap.request_by_number(office.store, office.merchant.id, 1)
-    assert request.approver_name == "王总" and request.level == 0 and request.status == "pending"
+    assert request.approver_name == "王老板" and request.level == 0 and request.status == "pending"
     assert [k for k, _, _ in await office.trail(1)] == ["filed", "notified", "stalled"]
-    assert await office.inbox(OWNER) == [f"{SIG}申请#1 张经理 采购 300元 桌椅，回复Y1同意，N1拒绝"]
+    assert await office.inbox(OWNER) == [f"{SIG}申请#1 李经理 采购 300元 桌椅，回复Y1同意，N1拒绝"]
 
 
 async def test_concurrent_escalators_move_each_request_once(office):
@@ -279,9 +291,9 @@ async def test_rest_file_list_get_decide_with_permissions(office):
         r = await cashier.post("/v1/crm/approvals", json=body)
         assert r.status_code == 201, r.text
         filed = r.json()
-        assert filed["request"]["number"] == 1 and filed["request"]["approver_name"] == "张经理"
+        assert filed["request"]["number"] == 1 and filed["request"]["approver_name"] == "李经理"
         assert [e["kind"] for e in filed["events"]] == ["filed", "notified"]
-        assert await office.inbox(MANAGER) == [f"{SIG}申请#1 李四 报销 500元 出差，回复Y1同意，N1拒绝"]
+        assert await office.inbox(MANAGER) == [f"{SIG}申请#1 张收银 报销 500元 出差，回复Y1同意，N1拒绝"]
         r = await cashier.post("/v1/crm/approvals", json=body)  # the same key: the same request
         assert r.status_code == 200 and r.json()["request"]["id"] == filed["request"]["id"]
         assert len(await office.inbox(MANAGER)) == 1
@@ -302,10 +314,10 @@ async def test_rest_file_list_get_decide_with_permissions(office):
         assert r.status_code == 200 and r.json()["request"]["status"] == "rejected"
         r = await manager.post("/v1/crm/approvals/1/decision", json={"decision": "approve"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "already_decided"
-        assert await office.inbox(CASHIER) == [f"{SIG}您的申请#1 报销 500元已被张经理拒绝。"]
+        assert await office.inbox(CASHIER) == [f"{SIG}您的申请#1 报销 500元已被李经理拒绝。"]
         trail = (await cashier.get("/v1/crm/approvals/1")).json()["events"]
         assert [(e["kind"], e["actor_name"]) for e in trail] == [
-            ("filed", "李四"), ("notified", None), ("refused", "王总"), ("decided", "张经理"), ("told", None)]
+            ("filed", "张收银"), ("notified", None), ("refused", "王老板"), ("decided", "李经理"), ("told", None)]
         assert all(e["at"] for e in trail)
 
 
