@@ -78,6 +78,21 @@ IsMember = Callable[[int, str], Awaitable[bool] | bool]
 """``is_member(merchant_id, phone)``, plain or async: may this phone enter a members-only lottery."""
 
 
+KeywordFor = Callable[[int], Awaitable[str] | str]
+"""``keyword_for(merchant_id)``, plain or async: the merchant's own lottery keyword (``CJ`` unless
+the merchant chose another), for campaigns created without one and for the help text."""
+
+
+async def merchant_keyword(keyword_for: KeywordFor | None, merchant_id: int) -> str:
+    """The merchant's lottery keyword, normalized; ``CJ`` without a ``keyword_for``."""
+    if keyword_for is None:
+        return DEFAULT_KEYWORD
+    value = keyword_for(merchant_id)
+    if inspect.isawaitable(value):
+        value = await value
+    return str(value).strip().upper() or DEFAULT_KEYWORD
+
+
 async def anyone(merchant_id: int, phone: str) -> bool:
     """The default membership check: everybody may enter."""
     return True
@@ -613,16 +628,18 @@ class LotteryHandler:
 
     ``is_member(merchant_id, phone)`` decides who may enter members-only campaigns (default:
     anyone); ``timezone`` is the merchants' local time zone, for daily limits and the times in
-    replies.
+    replies; ``keyword_for(merchant_id)`` the merchant's own lottery keyword (default ``CJ``),
+    which answers "no lottery now" when no campaign uses it.
     """
 
     def __init__(self, store: Store, *, is_member: IsMember = anyone, timezone: str = DEFAULT_TIMEZONE,
-                 join_keyword: str = "1") -> None:
+                 join_keyword: str = "1", keyword_for: KeywordFor | None = None) -> None:
         zoneinfo.ZoneInfo(timezone)  # an unknown zone fails here, at assembly
         self._store = store
         self._is_member = is_member
         self._timezone = timezone
         self._join_keyword = join_keyword
+        self._keyword_for = keyword_for
 
     async def _campaign(self, merchant_id: int, keyword: str, at: datetime) -> Lottery | None:
         """The campaign a keyword means at ``at``: the running one; else the next to start;
@@ -637,7 +654,7 @@ class LotteryHandler:
     async def handle(self, command: InboundCommand, outbox: Outbox) -> bool:
         merchant = command.merchant
         lot = await self._campaign(merchant.id, command.keyword, command.received_at)
-        if lot is None and command.keyword != DEFAULT_KEYWORD:
+        if lot is None and command.keyword != await merchant_keyword(self._keyword_for, merchant.id):
             return False
         sig = merchant.signature
         if lot is None:
@@ -669,13 +686,14 @@ class LotteryHandler:
         raise AssertionError(outcome.status)
 
     async def commands(self, merchant: Merchant) -> list[tuple[str, str]]:
-        """(keyword, description) for the help text: each campaign taking entries now, or ``CJ``."""
+        """(keyword, description) for the help text: each campaign taking entries now, or the
+        merchant's lottery keyword."""
         rows = await self._store.fetch(
             "SELECT DISTINCT ON (keyword) keyword, name FROM crm_lotteries WHERE merchant_id = $1"
             " AND status = 'open' AND starts_at <= now() AND ends_at > now() ORDER BY keyword, starts_at DESC",
             merchant.id)
         if not rows:
-            return [(DEFAULT_KEYWORD, "参加抽奖")]
+            return [(await merchant_keyword(self._keyword_for, merchant.id), "参加抽奖")]
         return [(r["keyword"], f"参加「{r['name']}」抽奖") for r in rows]
 
     async def help_text(self, merchant: Merchant) -> str:

@@ -52,7 +52,8 @@ class LotteryIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     name: Annotated[str, Meta(min_length=1, max_length=40)]
     starts_at: AwareTime
     ends_at: AwareTime
-    keyword: Annotated[str, Meta(min_length=1, max_length=10)] = lt.DEFAULT_KEYWORD
+    keyword: Annotated[str, Meta(min_length=1, max_length=10)] | None = None
+    """Default: the merchant's lottery keyword (``CJ`` unless it chose another)."""
     max_entries: Limit = 1
     max_entries_per_day: Limit | None = None
     max_wins: Limit | None = 1
@@ -95,9 +96,11 @@ async def _merchant(store: Store, merchant_id: int) -> Merchant:
     return Merchant(**dict(row))
 
 
-def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: Authenticate) -> None:
+def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: Authenticate, *,
+                    keyword_for: lt.KeywordFor | None = None) -> None:
     """Add the lottery routes to ``router``; ``authenticate`` turns a request into the acting
-    staff member (or raises a 401 :class:`~gateway.api.ApiError`)."""
+    staff member (or raises a 401 :class:`~gateway.api.ApiError`); ``keyword_for(merchant_id)``
+    gives a campaign created without a keyword its merchant's lottery keyword (default ``CJ``)."""
 
     async def create(request: Request, actor: Staff) -> Response:
         require(actor, Permission.LOTTERY_MANAGE)
@@ -105,7 +108,8 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         try:
             lot = await lt.create_lottery(
                 store, actor.merchant_id, name=body.name, starts_at=body.starts_at, ends_at=body.ends_at,
-                keyword=body.keyword, max_entries=body.max_entries, max_entries_per_day=body.max_entries_per_day,
+                keyword=body.keyword or await lt.merchant_keyword(keyword_for, actor.merchant_id),
+                max_entries=body.max_entries, max_entries_per_day=body.max_entries_per_day,
                 max_wins=body.max_wins, members_only=body.members_only,
                 prizes=[(p.name, p.stock) for p in body.prizes])
         except lt.InvalidLottery as exc:

@@ -209,6 +209,17 @@ async def test_no_lottery_and_other_keywords(shop):
                                 ends_at=now() + HOUR)
 
 
+async def test_the_merchants_own_lottery_keyword(shop):
+    async def keyword_for(merchant_id):
+        return "cj2" if merchant_id == shop.merchant.id else "CJ"
+
+    handler = lt.LotteryHandler(shop.store, keyword_for=keyword_for)
+    assert await handler.handle(await shop.command("13900000013", "CJ"), shop.outbox) is False
+    assert await handler.handle(await shop.command("13900000013", "CJ2"), shop.outbox) is True
+    assert await shop.inbox("13900000013") == [f"{SIG}目前没有进行中的抽奖活动，敬请关注。"]
+    assert await handler.commands(shop.merchant) == [("CJ2", "参加抽奖")]
+
+
 # --- the draw -------------------------------------------------------------------------------------
 
 
