@@ -118,6 +118,13 @@ async def serve_gateway(
         bus = EventBus()
         store.events = bus
         merchants = MerchantDirectory(store)
+        handlers = list(handlers)
+        if config.crm.enabled:
+            # The assembly point is the one place in gateway that knows crm_lite.
+            from crm_lite.assembly import build_handler
+
+            handlers.append(build_handler(store, timezone=config.dispatcher.timezone,
+                                          approval_timeout_s=config.crm.approval_timeout))
         dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus,
                                 screen=ComplianceScreen(store, metrics))
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
@@ -142,6 +149,12 @@ async def serve_gateway(
                               dispatcher=dispatcher, metrics=metrics, bus=bus, intake=intake,
                               outbox=SigningOutbox(IntakeOutbox(intake, max_parts=config.http.max_parts), merchants),
                               merchants=merchants, mo_dispatcher=mo_dispatcher)
+            if config.crm.enabled:
+                from crm_lite.assembly import register_all, serve_crm
+
+                register_all(router, running, approval_timeout_s=config.crm.approval_timeout)
+                await nursery.start(functools.partial(serve_crm, store, running.outbox,
+                                                      escalation_interval=config.crm.escalation_interval))
             if extra_routes is not None:
                 extra_routes(router, running)
             limits = HttpLimits(max_body=config.http.max_body)

@@ -127,6 +127,17 @@ class AccountConfig(_Section, kw_only=True):
     """Recipients accepted per local day (dispatcher.timezone); none means unlimited."""
 
 
+class CrmConfig(_Section):
+    """crm_lite: members, points, lottery and approvals for the merchants (``[crm]``)."""
+
+    enabled: bool = True
+    """Answer the CRM's SMS commands and serve ``/v1/crm/...``."""
+    approval_timeout: Seconds = 86_400.0
+    """Seconds an approval request waits for its approver before it escalates."""
+    escalation_interval: Seconds = 30.0
+    """Seconds between checks for requests past their deadline."""
+
+
 class MerchantConfig(_Section, kw_only=True):
     """One merchant (``[[merchants]]``), created or updated at start: it sends as ``account``
     and consumers text it at ``service_number``."""
@@ -157,6 +168,7 @@ class Config(_Section):
     cmpp: list[CmppConfig] = []
     modems: list[ModemConfig] = []
     merchants: list[MerchantConfig] = []
+    crm: CrmConfig = CrmConfig()
     compliance: ComplianceConfig = ComplianceConfig()
 
     @property

@@ -212,7 +212,21 @@ def write_ready_file(path: str, info: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def instructions(running: Running, key: str, modem_numbers: list[str]) -> str:
+async def seed_crm_demo(store) -> dict:
+    """The demo merchant's staff (owner 13900000009, manager 13900000008, cashier
+    13900000007, each approving the next) and a lottery taking entries now. Fresh staff API
+    tokens at every start (they are stored hashed)."""
+    from crm_lite.demo import seed_demo
+    from crm_lite.demo_lottery import seed_demo as seed_lottery
+
+    merchant = await store.merchant_for_number(DEMO_MERCHANT_NUMBER)
+    assert merchant is not None, "the demo merchant is created at start"
+    crm = await seed_demo(store, merchant)
+    crm["lottery"] = (await seed_lottery(store, merchant))["lottery"]
+    return crm
+
+
+def instructions(running: Running, key: str, modem_numbers: list[str], crm: dict | None = None) -> str:
     url = running.http_url
     modems = ", ".join(modem_numbers)
     return f"""
@@ -242,6 +256,15 @@ read what a handset received (the merchant's help reply; TD unsubscribes from it
   curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_MERCHANT_NUMBER}", "text": "TD"}}'
   curl -s -X POST {url}/v1/sim/mo -d '{{"from": "18611112222", "to": "{modem_numbers[0]}", "text": "2"}}'
 
+Its commands: 1 join as a member, 2 points, CJ enter the lottery, TD unsubscribe. Staff
+(cashier 13900000007, manager 13900000008, owner 13900000009) file and approve requests:
+
+  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000007", "to": "{DEMO_MERCHANT_NUMBER}", "text": "SP 报销 500 出差"}}'
+  curl -s {url}/v1/sim/inbox/13900000008     # the manager is asked: 回复Y<n>同意
+  curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000008", "to": "{DEMO_MERCHANT_NUMBER}", "text": "Y1"}}'
+
+CRM API (/v1/crm/...) as the owner: Authorization: Bearer {(crm or {}).get("staff", {}).get("owner", {}).get("token", "")}
+
 Stop with Ctrl-C.
 """
 
@@ -263,6 +286,7 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
         running: Running = await nursery.start(functools.partial(
             serve_gateway, config, extra_routes=lambda router, _running: sim_routes(router, handsets)))
         key, secret = await demo_credentials(running.store, options.data_dir)
+        crm = await seed_crm_demo(running.store)
         info: dict[str, object] = {
             "http": running.http_url,
             "account": DEMO_ACCOUNT,
@@ -271,8 +295,10 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
             "ismg": f"{ismg_host}:{ismg_port}",
             "modems": [m.device for m in modems],
             "service_number": DEMO_MERCHANT_NUMBER,
+            "crm_token": crm["staff"]["owner"]["token"],
+            "staff": {role: s["phone"] for role, s in crm["staff"].items()},
         }
         if options.ready_file:
             write_ready_file(options.ready_file, info)
-        print(instructions(running, key, [m.number for m in modems]), flush=True)
+        print(instructions(running, key, [m.number for m in modems], crm), flush=True)
         task_status.started(info)

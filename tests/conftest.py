@@ -104,11 +104,13 @@ async def start_gateway(nursery, database_url, *, channels=(), **overrides):
     from gateway.app import serve_gateway
     from gateway.config import DatabaseConfig, HttpConfig, default_config
 
-    from gateway.config import DispatcherConfig
+    from gateway.config import CrmConfig, DispatcherConfig
 
     http = overrides.pop("http", HttpConfig(listen="127.0.0.1:0"))
     # No quiet hours unless a test asks: the suite must not depend on the time of day.
     overrides.setdefault("dispatcher", DispatcherConfig(quiet_hours=""))
+    # Without crm_lite unless a test asks: MO tests see the gateway's own dispatch alone.
+    overrides.setdefault("crm", CrmConfig(enabled=False))
     config = default_config(database=DatabaseConfig(url=database_url), http=http, **overrides)
     running = await nursery.start(functools.partial(serve_gateway, config, channels=channels))
     account = await running.store.ensure_account("acme")

@@ -1,5 +1,5 @@
 """The /v1/crm REST API over real HTTP, assembled the way the gateway does it
-(``serve_gateway(extra_routes=register_crm)``): staff tokens, permissions, members, attributes,
+(``serve_gateway`` with ``[crm]`` enabled, as by default): staff tokens, permissions, members, attributes,
 groups, CSV, purchases and points."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import httpx
 import pytest
 import trio
 
-from crm_lite.api import register_crm
 from crm_lite.demo import seed_demo
 
 SERVICE = "10658888001"
@@ -36,7 +35,8 @@ async def crm(nursery, database_url):
 
     config = default_config(database=DatabaseConfig(url=database_url), http=HttpConfig(listen="127.0.0.1:0"),
                             dispatcher=DispatcherConfig(quiet_hours=""))
-    running = await nursery.start(functools.partial(serve_gateway, config, channels=(), extra_routes=register_crm))
+    # crm_lite is on by default: serve_gateway registers its routes (register_crm among them).
+    running = await nursery.start(functools.partial(serve_gateway, config, channels=()))
     acct = await running.store.ensure_account("mall")
     merchant = await running.store.ensure_merchant("mall", acct.id, SERVICE, "【演示商场】")
     seed = await seed_demo(running.store, merchant)
