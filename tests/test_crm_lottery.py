@@ -68,13 +68,14 @@ class Shop:
 
 async def open_shop(nursery, database_url) -> Shop:
     from gateway.app import serve_gateway
-    from gateway.config import DatabaseConfig, DispatcherConfig, HttpConfig, default_config
+    from gateway.config import CrmConfig, DatabaseConfig, DispatcherConfig, HttpConfig, default_config
 
     def routes(router, running):
         register_routes(router, running.store, running.outbox, make_authenticate(running.store))
 
     config = default_config(database=DatabaseConfig(url=database_url), http=HttpConfig(listen="127.0.0.1:0"),
-                            dispatcher=DispatcherConfig(quiet_hours=""))
+                            dispatcher=DispatcherConfig(quiet_hours=""),
+                            crm=CrmConfig(enabled=False))  # these routes alone, with test authentication
     running = await nursery.start(functools.partial(serve_gateway, config, channels=(), extra_routes=routes))
     account = await running.store.ensure_account("mall")
     merchant = await running.store.ensure_merchant("mall", account.id, "10658888001", SIG)
