@@ -16,6 +16,7 @@ import msgspec
 import trio
 import trio_asyncio
 
+from .admin_api import AdminApi
 from .api import Api
 from .channel import Channel
 from .config import Config, split_listen
@@ -102,12 +103,14 @@ async def serve_gateway(
         metrics = Metrics()
         bus = EventBus()
         store.events = bus
-        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus)
+        dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus, limits=config.limits)
+        await dispatcher.load_routes(config.routes)
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
         api = Api(config=config, store=store, intake=intake, metrics=metrics,
                   channels=lambda: dispatcher.channels)
         metrics.watch_links(lambda: dispatcher.channels)
         router = api.router()
+        AdminApi(config=config, store=store, dispatcher=dispatcher).register(router)
         host, port = split_listen(config.http.listen)
         async with trio.open_nursery() as nursery:
             await nursery.start(intake.run)
