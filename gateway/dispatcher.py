@@ -112,6 +112,7 @@ class Dispatcher:
         self.routes = RouteTable.compile([], self.channel_operators())
         """The routing table in force (the default route until :meth:`load_routes`)."""
         self._quiet_was = False
+        self._saturated: set[str] = set()
 
     def wake(self) -> None:
         """New work was queued: claim now rather than at the next poll."""
@@ -167,6 +168,15 @@ class Dispatcher:
         self.routes = table
         self._metrics.routing_version.set(table.version)
 
+    def _note_saturation(self, room: dict[str, int]) -> None:
+        """A channel that is up but full: messages for it wait (a ``channel`` limit event when
+        it fills up; the per-batch counts come from :meth:`_dispatch`)."""
+        full = {name for name, r in room.items() if r <= 0}
+        for name in full - self._saturated:
+            log.debug("channel saturated channel=%s", name)
+            self._bus.publish(LimitEvent(scope="channel", name=name, count=0, at=events_now()))
+        self._saturated = full
+
     def _quiet_check(self) -> bool:
         now = datetime.now(timezone.utc)
         quiet = self._quiet.active(now)
@@ -181,6 +191,7 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         while True:
             room = {c.name: c.capacity() for c in self.channels if c.up}
+            self._note_saturation(room)
             total = sum(room.values())
             claimed: list[OutboundMessage] = []
             if total > 0:
