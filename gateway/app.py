@@ -107,7 +107,7 @@ async def serve_gateway(
         await dispatcher.load_routes(config.routes)
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
         api = Api(config=config, store=store, intake=intake, metrics=metrics,
-                  channels=lambda: dispatcher.channels)
+                  channels=lambda: dispatcher.channels, bus=bus)
         metrics.watch_links(lambda: dispatcher.channels)
         router = api.router()
         AdminApi(config=config, store=store, dispatcher=dispatcher).register(router)

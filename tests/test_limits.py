@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import AccountConfig
+from gateway.events import LimitEvent
 from gateway.router import DailyQuota, TokenBucket
 from tests.conftest import start_gateway
 
@@ -52,10 +53,15 @@ def test_quota_reserves_and_releases():
 
 async def test_rate_limited_requests_get_429_and_store_nothing(nursery, database_url):
     gw = await start_gateway(nursery, database_url, accounts=[AccountConfig(name="acme", rate=0.5, burst=3)])
-    async with gw.client() as c:
-        codes = [(await c.post("/v1/messages", json={"to": f"1380013800{i}", "text": "x"})).status_code
-                 for i in range(4)]
-        r = await c.post("/v1/messages", json={"to": "13800138009", "text": "x"})
+    with gw.running.bus.subscribe() as sub:
+        async with gw.client() as c:
+            codes = [(await c.post("/v1/messages", json={"to": f"1380013800{i}", "text": "x"})).status_code
+                     for i in range(4)]
+            r = await c.post("/v1/messages", json={"to": "13800138009", "text": "x"})
+        events, _ = await sub.receive()
+    limit = [e for e in events if isinstance(e, LimitEvent)]
+    assert [(e.scope, e.name, e.count) for e in limit] == [("account", "acme", 1)] * 2
+    assert limit[0].wait_s >= 1
     assert codes == [202, 202, 202, 429]
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
     assert int(r.headers["retry-after"]) >= 1
