@@ -77,6 +77,8 @@ UNROUTABLE_DELAY = 1.0
 """Seconds a message no channel can take now waits before it is claimed again."""
 ROUTES_POLL = 2.0
 """Seconds between checks for a routing table changed by another node."""
+QUIET_EVENT_EVERY = 60.0
+"""Seconds between ``quiet_hours`` limit events while quiet hours last."""
 PRUNE_EVERY = 600.0
 """Seconds between deletions of recipient sends older than the longest window."""
 
@@ -112,6 +114,7 @@ class Dispatcher:
         self.routes = RouteTable.compile([], self.channel_operators())
         """The routing table in force (the default route until :meth:`load_routes`)."""
         self._quiet_was = False
+        self._quiet_next_event = 0.0
         self._saturated: set[str] = set()
 
     def wake(self) -> None:
@@ -147,8 +150,8 @@ class Dispatcher:
 
     async def load_routes(self, seed: Sequence[RouteRule] | None = None) -> RouteTable:
         """Seed the shared table with the configuration's rules (unless changed through the
-        API: that one wins), then use what the database holds. At start, a table naming a
-        channel or account this node lacks is a :class:`~gateway.errors.ConfigError`."""
+        API: that one wins), then use what the database holds. Configuration rules naming a
+        channel or account this node lacks are a :class:`~gateway.errors.ConfigError`."""
         accounts = await self._store.account_ids()
         if seed is not None:
             self.compile_routes(seed, accounts)  # the configuration's own mistakes fail the start
@@ -159,7 +162,13 @@ class Dispatcher:
                 return self.routes
             rules_json, version, source = stored
         rules = decode_rules(rules_json)
-        self.use_routes(self.compile_routes(rules, accounts, version=version, strict=seed is None))
+        # A table written through another node's admin API may name that node's channels:
+        # here they are never available (the configuration's own rules were checked above).
+        missing = sorted({c for r in rules for c in r.channels} - set(self.channel_operators()))
+        if missing:
+            log.warning("routing table names channels this node lacks channels=%s version=%d",
+                        ",".join(missing), version)
+        self.use_routes(self.compile_routes(rules, accounts, version=version, strict=False))
         log.info("routing table loaded version=%d source=%s rules=%d", version, source, len(rules))
         return self.routes
 
@@ -178,13 +187,17 @@ class Dispatcher:
         self._saturated = full
 
     def _quiet_check(self) -> bool:
+        """Whether quiet hours hold marketing now; a ``quiet_hours`` limit event when they
+        begin and every ``QUIET_EVENT_EVERY`` seconds while they last."""
         now = datetime.now(timezone.utc)
         quiet = self._quiet.active(now)
-        if quiet and not self._quiet_was:
+        if quiet and (not self._quiet_was or trio.current_time() >= self._quiet_next_event):
             wait = self._quiet.remaining(now)
-            log.info("quiet hours began; marketing waits wait_s=%.0f", wait)
+            if not self._quiet_was:
+                log.info("quiet hours began; marketing waits wait_s=%.0f", wait)
             self._bus.publish(LimitEvent(scope="quiet_hours", name="marketing", wait_s=wait, count=0,
                                          at=events_now()))
+            self._quiet_next_event = trio.current_time() + QUIET_EVENT_EVERY
         self._quiet_was = quiet
         return quiet
 

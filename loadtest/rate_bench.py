@@ -162,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim.kill()
         sim.wait()
     report = analyse(samples, rate=args.rate, burst=max(1.0, args.rate), start=start, duration=args.duration)
-    report.update(offered=extra["offered"], offered_rate=extra["offered"] / args.duration)
+    # The offer is paced at rate × overload; what the link took is less (its queue full, the
+    # offer waits): the gap is the overload.
+    report.update(offered_rate=args.rate * args.overload, handed_to_link=extra["offered"])
     print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w") as f:

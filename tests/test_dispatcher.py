@@ -332,3 +332,27 @@ async def test_recipient_limit_holds_across_two_nodes_sharing_the_database(nurse
     sent = [m.dest for ch in chans for m in ch.submitted]
     assert sent.count("13800138000") == 3 and sent.count("13800138001") == 3
     assert await gws[0].store.fetchval("SELECT count(*) FROM outbound_queue") == 18
+
+
+async def test_quiet_hours_hold_marketing_and_publish_a_limit_event(nursery, database_url, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    import gateway.dispatcher
+
+    monkeypatch.setattr(gateway.dispatcher, "QUIET_EVENT_EVERY", 0.2)
+
+    now = datetime.now(timezone.utc)
+    span = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"
+    ch = ScriptedChannel()
+    gw = await start_gateway(nursery, database_url, channels=[ch],
+                             dispatcher=DispatcherConfig(quiet_hours=span, timezone="UTC"))
+    with gw.running.bus.subscribe() as sub:
+        promo = (await send(gw, {"to": "13800138000", "text": "sale", "class": "marketing"}))[0]
+        otp = (await send(gw, {"to": "13800138001", "text": "code 1"}))[0]
+        await wait_status(gw.store, int(otp["id"]), "submitted")
+        await trio.sleep(0.3)
+        events, _ = await sub.receive()
+    assert [m.id for m in ch.submitted] == [int(otp["id"])]
+    assert await gw.store.fetchval("SELECT status FROM messages WHERE id = $1", int(promo["id"])) == "accepted"
+    quiet = [e for e in events if isinstance(e, LimitEvent) and e.scope == "quiet_hours"]
+    assert quiet and all(3000 < e.wait_s <= 3660 and e.name == "marketing" for e in quiet)
