@@ -251,7 +251,7 @@ class Dispatcher:
                 unroutable.append(m.id)
                 for candidate in table.candidates(m):
                     channel = by_name.get(candidate)
-                    if channel is not None and channel.up:
+                    if channel is not None and channel.up and room.get(candidate, 0) <= 0:
                         saturated[candidate] = saturated.get(candidate, 0) + 1
                 continue
             room[name] -= 1
@@ -279,7 +279,8 @@ class Dispatcher:
             self._metrics.messages.labels("queued", channel.name).inc()
             await channel.submit(m)
 
-    def _decide_recipients(self, candidates, history, now):
+    def _decide_recipients(self, candidates: Sequence[tuple[int, str]], history: dict[str, list[float]],
+                           now: float) -> tuple[list[int], dict[int, float]]:
         admission = self._recipients.admit(candidates, history, now)
         return admission.allowed, admission.waits
 
