@@ -836,19 +836,6 @@ class Store:
                                        for i in ids])
         return len(moved)
 
-    async def record_mo(self, items: Sequence[tuple[str, str, str, str, datetime]]) -> list[int]:
-        """Store inbound messages (channel, sender, service_number, body, received_at)."""
-        if not items:
-            return []
-        rows = await self.fetch(
-            "INSERT INTO inbound_messages (channel, sender, service_number, body, received_at)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
-            " RETURNING id",
-            *[list(c) for c in zip(*items)],
-        )
-        return [r["id"] for r in rows]
-
-
     # -- routing ---------------------------------------------------------------------------
     # The routing table shared by every node, claims that carry the channel a retried message
     # last failed on, and the per-recipient send log (migration 0005).
@@ -974,6 +961,19 @@ class Store:
               version = r.version + 1, updated_at = now()
             RETURNING version
             """, rules.decode(), source)
+
+    async def record_mo(self, items: Sequence[tuple[str, str, str, str, datetime]]) -> list[int]:
+        """Store inbound messages (channel, sender, service_number, body, received_at)."""
+        if not items:
+            return []
+        rows = await self.fetch(
+            "INSERT INTO inbound_messages (channel, sender, service_number, body, received_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])"
+            " RETURNING id",
+            *[list(c) for c in zip(*items)],
+        )
+        return [r["id"] for r in rows]
+
 
 
 class Transaction:
