@@ -26,6 +26,7 @@ from . import kannel
 from .channel import Channel
 from .config import Config
 from .errors import StoreError, StoreUnavailable
+from .events import EventBus, LimitEvent
 from .http import Request, Response, Router
 from .intake import Intake
 from .metrics import Metrics
@@ -197,7 +198,8 @@ class Api:
 
     def __init__(self, *, config: Config, store: Store, intake: Intake, metrics: Metrics,
                  channels: Callable[[], Iterable[Channel]] = tuple,
-                 merchants: MerchantDirectory | None = None) -> None:
+                 merchants: MerchantDirectory | None = None, bus: EventBus | None = None) -> None:
+        self._bus = bus
         self._config = config
         self._merchants = merchants
         self._store = store
@@ -353,9 +355,10 @@ class Api:
         """Admit by the account's limits, then store durably."""
         try:
             give_back = await self._admit(account, len(accept.messages))
-        except ApiError:
+        except ApiError as exc:
             # A replay of a request already accepted returns its messages whatever the limits.
             if accept.client_ref is None or not await self._store.client_ref_taken(account.id, accept.client_ref):
+                self._note_limit(account, exc, len(accept.messages))
                 raise
             give_back = _nothing
         try:
@@ -404,3 +407,12 @@ class Api:
         except StoreError as exc:  # the exposition still serves; the gauge keeps its last value
             log.debug("queue depth unavailable for /metrics: %s", exc)
         return Response(status=200, body=self._metrics.exposition(), content_type=self._metrics.content_type)
+
+    def _note_limit(self, account: Account, exc: ApiError, n: int) -> None:
+        """An account over its rate or quota: counted, and an ``account`` limit event."""
+        if exc.status != 429:
+            return
+        self._metrics.limit_waits.labels("account").inc(n)
+        if self._bus is not None:
+            retry = next((float(v) for k, v in exc.headers if k == "Retry-After"), 0.0)
+            self._bus.publish(LimitEvent(scope="account", name=account.name, wait_s=retry, count=n, at=time.time()))

@@ -16,6 +16,7 @@ import msgspec
 import trio
 import trio_asyncio
 
+from .admin_api import AdminApi
 from .api import Api
 from .channel import Channel
 from .compliance import ComplianceScreen, MerchantDirectory, SigningOutbox, configured_blocklist
@@ -126,13 +127,15 @@ async def serve_gateway(
             handlers.append(build_handler(store, timezone=config.dispatcher.timezone,
                                           approval_timeout_s=config.crm.approval_timeout))
         dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus,
-                                screen=ComplianceScreen(store, metrics))
+                                screen=ComplianceScreen(store, metrics), limits=config.limits)
+        await dispatcher.load_routes(config.routes)
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
         api = Api(config=config, store=store, intake=intake, metrics=metrics,
-                  channels=lambda: dispatcher.channels, merchants=merchants)
+                  channels=lambda: dispatcher.channels, merchants=merchants, bus=bus)
         metrics.watch_links(lambda: dispatcher.channels)
         router = api.router()
         MoApi(api=api, store=store, config=config).add_routes(router)
+        AdminApi(config=config, store=store, dispatcher=dispatcher).register(router)
         webhooks = WebhookSender(store, metrics, bus=bus)
         mo_dispatcher = MoDispatcher(store, intake, metrics, merchants, bus=bus, handlers=handlers,
                                      base_numbers=[c.service_number for c in config.cmpp], node=dispatcher.node,

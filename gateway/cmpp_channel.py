@@ -150,7 +150,7 @@ class CmppChannel:
                 "queued": float(st.input_queue + st.retry_queue), "submitted": float(st.submitted),
                 "acked": float(st.acked), "flow_controlled": float(st.flow_controlled),
                 "resubmitted": float(st.resubmitted), "reports": float(st.reports), "mo": float(st.mo),
-                "connects": float(st.connects),
+                "connects": float(st.connects), "rate": float(link.config.rate),
             }
         return out
 

@@ -17,6 +17,7 @@ import msgspec
 from msgspec import Meta
 
 from .errors import ConfigError
+from .router.routing import RouteRule, RouteTable, RoutingError
 
 DATABASE_URL_ENV = "SMSGW_DATABASE_URL"
 
@@ -157,6 +158,18 @@ class ComplianceConfig(_Section):
     with the entries added through ``/v1/admin/blocklist``; removing one here removes it there."""
 
 
+class LimitsConfig(_Section):
+    """Limits applied when messages are routed (``[limits]``)."""
+
+    recipient_per_hour: Annotated[int, Meta(ge=0)] = 0
+    """Messages to one number in any 60 minutes, across every node; 0 means no limit."""
+    recipient_per_day: Annotated[int, Meta(ge=0)] = 0
+    """Messages to one number in any 24 hours, across every node; 0 means no limit."""
+    recipient_exempt_transactional: bool = False
+    """Transactional messages (one-time codes, receipts) neither wait for nor count against
+    the recipient limits."""
+
+
 class Config(_Section):
     data_dir: str = "./.smsgw"
     database: DatabaseConfig = DatabaseConfig()
@@ -170,6 +183,9 @@ class Config(_Section):
     merchants: list[MerchantConfig] = []
     crm: CrmConfig = CrmConfig()
     compliance: ComplianceConfig = ComplianceConfig()
+    limits: LimitsConfig = LimitsConfig()
+    routes: list[RouteRule] = []
+    """MT routing rules in order (``[[routes]]``); see :mod:`gateway.router.routing`."""
 
     @property
     def database_url(self) -> str:
@@ -208,7 +224,29 @@ def _check(config: Config, source: str) -> Config:
             split_listen(value)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {key}: {exc}") from None
+    _check_routes(config, source)
     return config
+
+
+def channel_operators(config: Config) -> dict[str, frozenset[str]]:
+    """The channels the configuration names (as :func:`gateway.app.build_channels` makes them:
+    one per ``[[cmpp]]``, one called ``modems`` for the pool) and the operators each serves."""
+    out = {c.name: frozenset(c.operators) for c in config.cmpp}
+    if config.modems:
+        out["modems"] = frozenset(op for m in config.modems for op in m.operators)
+    return out
+
+
+def _check_routes(config: Config, source: str) -> None:
+    """``[[routes]]`` must name configured channels (accounts are checked against the database
+    when the gateway starts)."""
+    if not config.routes:
+        return
+    bare = [msgspec.structs.replace(r, accounts=[]) for r in config.routes]
+    try:
+        RouteTable.compile(bare, channel_operators(config), where="routes")
+    except RoutingError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def parse_config(data: bytes | str, source: str = "<config>") -> Config:

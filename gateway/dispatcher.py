@@ -9,9 +9,19 @@ submit is stored (another node's link, or a fast operator) is held in a bounded 
 and retried, never dropped.
 
 During quiet hours (``dispatcher.quiet_hours``) marketing messages are not claimed: they
-wait in the queue, transactional ones go. Channel choice here is the simple rule of the first release: among channels that are up and
-serve the destination's operator, the one with the most room. Ordered routing rules, rate
-limits and retries across channels live in ``gateway/router/``.
+wait in the queue, transactional ones go. The channel is chosen by the routing table
+(:mod:`gateway.router.routing`: ordered rules, fallbacks, a default route), among channels
+that are up and have room; a message no channel can take now goes back to the queue for a
+second, not failed, until one can or its validity runs out. A retry after a transient
+failure prefers another channel than the one that failed it. Per-recipient limits
+(``[limits]``, :mod:`gateway.router.recipients`) are counted in the database in the
+transaction that marks messages queued, so they hold across nodes; a message over them waits
+in the queue until its window allows. Every wait on a limit is published as a
+:class:`~gateway.events.LimitEvent`.
+
+The routing table lives in the database (``routing_table``): ``[[routes]]`` seeds it at start
+unless it was changed through ``PUT /v1/admin/routes``; each node reloads it when its version
+changes (checked every ``ROUTES_POLL`` seconds, at once on the node that took the change).
 """
 
 from __future__ import annotations
@@ -35,13 +45,15 @@ from .channel import (
     Submitted,
     SubmitFailed,
 )
-from .config import DispatcherConfig
-from .events import EventBus, LinkEvent, MoEvent
+from .config import DispatcherConfig, LimitsConfig
+from .events import EventBus, LimitEvent, LinkEvent, MoEvent
 from .events import now as events_now
-from .errors import StoreError
+from .errors import GatewayError, StoreError
 from .metrics import Metrics
-from .router import QuietHours
+from .router import QuietHours, RecipientLimit, RouteRule, RouteTable
+from .router.routing import decode_rules, encode_rules
 from .store import Store
+from .text import mask_msisdn
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,14 @@ RETRY_BACKOFF = (1.0, 5.0, 15.0, 60.0, 300.0)
 STORE_RETRY = 1.0
 EXPIRY_SWEEP = 5.0
 """Seconds between sweeps that end overdue messages ``expired``."""
+UNROUTABLE_DELAY = 1.0
+"""Seconds a message no channel can take now waits before it is claimed again."""
+ROUTES_POLL = 2.0
+"""Seconds between checks for a routing table changed by another node."""
+QUIET_EVENT_EVERY = 60.0
+"""Seconds between ``quiet_hours`` limit events while quiet hours last."""
+PRUNE_EVERY = 600.0
+"""Seconds between deletions of recipient sends older than the longest window."""
 
 
 Screen = Callable[[list[OutboundMessage]], Awaitable[dict[int, str]]]
@@ -74,7 +94,8 @@ def default_node_id() -> str:
 
 class Dispatcher:
     def __init__(self, store: Store, channels: Sequence[Channel], config: DispatcherConfig,
-                 metrics: Metrics, *, bus: EventBus | None = None, screen: Screen | None = None) -> None:
+                 metrics: Metrics, *, bus: EventBus | None = None, screen: Screen | None = None,
+                 limits: LimitsConfig | None = None) -> None:
         self._store = store
         self._bus = bus or EventBus()
         self._screen = screen
@@ -87,6 +108,14 @@ class Dispatcher:
         self._retry_backoff = RETRY_BACKOFF
         self._quiet = QuietHours.parse(config.quiet_hours, config.timezone)
         self.mo_listeners: list[trio.MemorySendChannel[tuple[int, MoReceived]]] = []
+        limits = limits or LimitsConfig()
+        self._recipients = RecipientLimit(per_hour=limits.recipient_per_hour, per_day=limits.recipient_per_day)
+        self._recipients_exempt = {"transactional"} if limits.recipient_exempt_transactional else set()
+        self.routes = RouteTable.compile([], self.channel_operators())
+        """The routing table in force (the default route until :meth:`load_routes`)."""
+        self._quiet_was = False
+        self._quiet_next_event = 0.0
+        self._saturated: set[str] = set()
 
     def wake(self) -> None:
         """New work was queued: claim now rather than at the next poll."""
@@ -103,28 +132,86 @@ class Dispatcher:
             nursery.start_soon(self._claim_loop)
             nursery.start_soon(self._grace_loop)
             nursery.start_soon(self._expiry_loop)
+            nursery.start_soon(self._routes_loop)
             task_status.started()
 
     # -- claiming -------------------------------------------------------------------------------
 
-    def _pick(self, message: OutboundMessage, room: dict[str, int]) -> Channel | None:
-        best, best_room = None, 0
-        for channel in self.channels:
-            r = room.get(channel.name, 0)
-            if r > best_room and message.operator in channel.operators:
-                best, best_room = channel, r
-        return best
+    def channel_operators(self) -> dict[str, frozenset[str]]:
+        """Each channel's name and the operators it serves, in the dispatcher's order."""
+        return {c.name: frozenset(c.operators) for c in self.channels}
+
+    def compile_routes(self, rules: Sequence[RouteRule], accounts: dict[str, int], *, version: int = 0,
+                       strict: bool = True) -> RouteTable:
+        """``rules`` checked against this node's channels and ``accounts``; raises
+        :class:`~gateway.router.RoutingError` naming the bad key (when ``strict``)."""
+        return RouteTable.compile(rules, self.channel_operators(), accounts=accounts, version=version,
+                                  strict=strict)
+
+    async def load_routes(self, seed: Sequence[RouteRule] | None = None) -> RouteTable:
+        """Seed the shared table with the configuration's rules (unless changed through the
+        API: that one wins), then use what the database holds. Configuration rules naming a
+        channel or account this node lacks are a :class:`~gateway.errors.ConfigError`."""
+        accounts = await self._store.account_ids()
+        if seed is not None:
+            self.compile_routes(seed, accounts)  # the configuration's own mistakes fail the start
+            rules_json, version, source = await self._store.seed_routing_table(encode_rules(seed))
+        else:
+            stored = await self._store.routing_table()
+            if stored is None:
+                return self.routes
+            rules_json, version, source = stored
+        rules = decode_rules(rules_json)
+        # A table written through another node's admin API may name that node's channels:
+        # here they are never available (the configuration's own rules were checked above).
+        missing = sorted({c for r in rules for c in r.channels} - set(self.channel_operators()))
+        if missing:
+            log.warning("routing table names channels this node lacks channels=%s version=%d",
+                        ",".join(missing), version)
+        self.use_routes(self.compile_routes(rules, accounts, version=version, strict=False))
+        log.info("routing table loaded version=%d source=%s rules=%d", version, source, len(rules))
+        return self.routes
+
+    def use_routes(self, table: RouteTable) -> None:
+        """Route with ``table`` from the next claim on."""
+        self.routes = table
+        self._metrics.routing_version.set(table.version)
+
+    def _note_saturation(self, room: dict[str, int]) -> None:
+        """A channel that is up but full: messages for it wait (a ``channel`` limit event when
+        it fills up; the per-batch counts come from :meth:`_dispatch`)."""
+        full = {name for name, r in room.items() if r <= 0}
+        for name in full - self._saturated:
+            log.debug("channel saturated channel=%s", name)
+            self._bus.publish(LimitEvent(scope="channel", name=name, count=0, at=events_now()))
+        self._saturated = full
+
+    def _quiet_check(self) -> bool:
+        """Whether quiet hours hold marketing now; a ``quiet_hours`` limit event when they
+        begin and every ``QUIET_EVENT_EVERY`` seconds while they last."""
+        now = datetime.now(timezone.utc)
+        quiet = self._quiet.active(now)
+        if quiet and (not self._quiet_was or trio.current_time() >= self._quiet_next_event):
+            wait = self._quiet.remaining(now)
+            if not self._quiet_was:
+                log.info("quiet hours began; marketing waits wait_s=%.0f", wait)
+            self._bus.publish(LimitEvent(scope="quiet_hours", name="marketing", wait_s=wait, count=0,
+                                         at=events_now()))
+            self._quiet_next_event = trio.current_time() + QUIET_EVENT_EVERY
+        self._quiet_was = quiet
+        return quiet
 
     async def _claim_loop(self) -> None:
         while True:
             room = {c.name: c.capacity() for c in self.channels if c.up}
+            self._note_saturation(room)
             total = sum(room.values())
             claimed: list[OutboundMessage] = []
             if total > 0:
-                marketing = not self._quiet.active(datetime.now(timezone.utc))
+                marketing = not self._quiet_check()
                 try:
-                    claimed = await self._store.claim(self.node, min(total, self._config.batch_size),
-                                                      self._config.lease, marketing=marketing)
+                    claimed = await self._store.claim_routable(self.node, min(total, self._config.batch_size),
+                                                               self._config.lease, marketing=marketing)
                 except StoreError as exc:
                     log.warning("claim failed node=%s error=%s", self.node, exc)
                     await trio.sleep(STORE_RETRY)
@@ -136,7 +223,10 @@ class Dispatcher:
                     await self._wake.wait()
                 self._wake = trio.Event()
 
-    async def _dispatch(self, claimed: list[OutboundMessage], room: dict[str, int]) -> None:
+    async def _dispatch(self, claimed_with_last: list[tuple[OutboundMessage, str | None]],
+                        room: dict[str, int]) -> None:
+        last_channel = {m.id: last for m, last in claimed_with_last}
+        claimed = [m for m, _ in claimed_with_last]
         if self._screen is not None:
             refused = await self._screen(claimed)
             if refused:
@@ -150,31 +240,60 @@ class Dispatcher:
         expired = [m for m in claimed if m.expires_at <= now]
         plan: list[tuple[OutboundMessage, Channel]] = []
         unroutable: list[int] = []
+        saturated: dict[str, int] = {}
+        by_name = {c.name: c for c in self.channels}
+        table = self.routes
         for m in claimed:
             if m.expires_at <= now:
                 continue
-            channel = self._pick(m, room)
-            if channel is None:
+            name = table.choose(m, room, avoid=last_channel.get(m.id))
+            if name is None:
                 unroutable.append(m.id)
+                for candidate in table.candidates(m):
+                    channel = by_name.get(candidate)
+                    if channel is not None and channel.up and room.get(candidate, 0) <= 0:
+                        saturated[candidate] = saturated.get(candidate, 0) + 1
                 continue
-            room[channel.name] -= 1
-            plan.append((m, channel))
+            room[name] -= 1
+            plan.append((m, by_name[name]))
         rows = [(m.id, Status.EXPIRED, None, None, "validity ran out before submission") for m in expired]
         rows += [(m.id, Status.QUEUED, c.name, None, f"channel={c.name}") for m, c in plan]
+        limited = []
+        if self._recipients.enabled:
+            limited = [(m.id, m.dest) for m, _ in plan if m.msg_class not in self._recipients_exempt]
         try:
-            moved = await self._store.set_status(rows)
-            # Unroutable now (no channel up for the operator): back to the queue, not failed.
-            await self._store.release(unroutable, delay=1.0)
+            # Unroutable now (no channel up with room for it): back to the queue, not failed.
+            moved, held = await self._store.commit_routing(
+                rows, unroutable=unroutable, unroutable_delay=UNROUTABLE_DELAY, recipients=limited,
+                decide=self._decide_recipients)
         except StoreError as exc:
             log.warning("dispatch bookkeeping failed; leases will expire and the messages be reclaimed: %s", exc)
             return
         for m in expired:
             self._metrics.messages.labels("expired", "").inc()
+        self._report_waits(saturated, {m.dest: held[m.id] for m, _ in plan if m.id in held},
+                           sum(1 for m, _ in plan if m.id in held))
         for m, channel in plan:
-            if m.id not in moved:  # final already (e.g. expired by another node)
+            if m.id not in moved or m.id in held:  # final already (e.g. expired by another node), or waiting
                 continue
             self._metrics.messages.labels("queued", channel.name).inc()
             await channel.submit(m)
+
+    def _decide_recipients(self, candidates: Sequence[tuple[int, str]], history: dict[str, list[float]],
+                           now: float) -> tuple[list[int], dict[int, float]]:
+        admission = self._recipients.admit(candidates, history, now)
+        return admission.allowed, admission.waits
+
+    def _report_waits(self, saturated: dict[str, int], held_dests: dict[str, float], held: int) -> None:
+        at = events_now()
+        for name, count in saturated.items():
+            self._metrics.limit_waits.labels("channel").inc(count)
+            self._bus.publish(LimitEvent(scope="channel", name=name, wait_s=UNROUTABLE_DELAY, count=count, at=at))
+        if held:
+            self._metrics.limit_waits.labels("recipient").inc(held)
+            for dest, wait in held_dests.items():
+                log.debug("recipient limit reached to=%s wait_s=%.0f", mask_msisdn(dest), wait)
+                self._bus.publish(LimitEvent(scope="recipient", name=mask_msisdn(dest), wait_s=wait, at=at))
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -232,10 +351,13 @@ class Dispatcher:
                 if not e.transient:
                     self._metrics.messages.labels("failed", e.channel).inc()
         if transient:
-            # Back to the queue with a history row; the next claim may pick another channel.
-            await self._store.set_status([(e.message_id, Status.QUEUED, e.channel, e.error_code or None,
-                                           f"retry: {e.reason}") for e in transient])
-            await self._store.release([e.message_id for e in transient], backoff=self._retry_backoff)
+            # Back to the queue with a history row, due after the backoff; the failing channel
+            # is remembered so that the next attempt prefers another one when the route allows.
+            moved = await self._store.retry_later(
+                [(e.message_id, e.channel, e.error_code or None, e.reason) for e in transient], self._retry_backoff)
+            for e in transient:
+                if e.message_id in moved:
+                    self._metrics.retries.labels(e.channel).inc()
             self.wake()
 
     async def _record_reports(self, reports: list[DeliveryReport]) -> None:
@@ -278,13 +400,29 @@ class Dispatcher:
                     log.warning("retrying held delivery reports failed: %s", exc)
 
     async def _expiry_loop(self) -> None:
+        next_prune = trio.current_time()
         while True:
             await trio.sleep(EXPIRY_SWEEP)
             try:
                 while (n := await self._store.expire_overdue()) > 0:
                     self._metrics.messages.labels("expired", "").inc(n)
+                if self._recipients.enabled and trio.current_time() >= next_prune:
+                    await self._store.prune_recipient_sends()
+                    next_prune = trio.current_time() + PRUNE_EVERY
             except StoreError as exc:
                 log.warning("expiring overdue messages failed: %s", exc)
+
+    async def _routes_loop(self) -> None:
+        """Pick up a routing table changed through another node's admin API."""
+        while True:
+            await trio.sleep(ROUTES_POLL)
+            try:
+                if await self._store.routing_version() != self.routes.version:
+                    await self.load_routes()
+            except StoreError as exc:
+                log.warning("checking the routing table failed: %s", exc)
+            except GatewayError as exc:  # a stored table this node cannot read: keep the one in force
+                log.error("stored routing table unusable; keeping version=%d: %s", self.routes.version, exc)
 
     def statistics(self) -> dict[str, int]:
         return {"held_reports": len(self._grace), "channels_up": sum(1 for c in self.channels if c.up)}

@@ -60,6 +60,15 @@ class Metrics:
         self.compliance_refused = Counter(
             "smsgw_compliance_refused_total", "Messages refused before sending, by reason (blocklisted,"
             " unsubscribed)", ["reason"], registry=r)
+        # -- routing and limits --
+        self.limit_waits = Counter(
+            "smsgw_limit_waits_total", "Messages that waited on a limit, by scope (channel, recipient, account)",
+            ["scope"], registry=r)
+        self.retries = Counter(
+            "smsgw_message_retries_total", "Transient submit failures sent back to the queue, by failing channel",
+            ["channel"], registry=r)
+        self.routing_version = Gauge(
+            "smsgw_routing_table_version", "Version of the routing table in force on this node", registry=r)
 
     def watch_links(self, channels: Callable[[], Iterable[object]]) -> None:
         """Export the links of channels that have ``statistics()`` (read at scrape time)."""
@@ -74,6 +83,7 @@ _LINK_GAUGES = {
     "window_used": ("smsgw_link_window_used", "Requests sent and not yet answered on the link"),
     "window": ("smsgw_link_window_size", "The link's window: requests it may have unanswered"),
     "queued": ("smsgw_link_queued", "Submits waiting for the link's window or rate"),
+    "rate": ("smsgw_link_rate_limit", "The link's configured submit rate (messages per second)"),
 }
 _LINK_COUNTERS = {
     "submitted": ("smsgw_link_submits", "SUBMITs written to the link"),

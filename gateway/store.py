@@ -329,6 +329,92 @@ RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m
 """The claim during quiet hours: marketing messages stay in the queue."""
 
 
+# -- routing (migration 0005) -----------------------------------------------------------------
+
+_CLAIM_ROUTABLE = """
+WITH c AS (
+    SELECT q.message_id FROM outbound_queue q
+    WHERE q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
+    ORDER BY q.priority DESC, q.message_id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbound_queue q
+SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
+FROM c, messages m
+WHERE q.message_id = c.message_id AND m.id = q.message_id
+RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
+          m.class, m.sender, m.expires_at, q.attempts, q.last_channel
+"""
+"""The claim (highest priority first), returning each message's ``last_channel`` too."""
+
+_CLAIM_ROUTABLE_TRANSACTIONAL = """
+WITH c AS (
+    SELECT q.message_id FROM outbound_queue q JOIN messages mm ON mm.id = q.message_id
+    WHERE mm.class <> 'marketing'
+      AND q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
+    ORDER BY q.priority DESC, q.message_id
+    LIMIT $1
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE outbound_queue q
+SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
+FROM c, messages m
+WHERE q.message_id = c.message_id AND m.id = q.message_id
+RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
+          m.class, m.sender, m.expires_at, q.attempts, q.last_channel
+"""
+"""The same during quiet hours: marketing messages stay in the queue."""
+
+_RETRY_LATER = """
+UPDATE outbound_queue q SET leased_by = NULL, lease_until = NULL, last_channel = t.channel,
+    not_before = now() + make_interval(secs => CASE WHEN cardinality($3::float8[]) = 0 THEN 0
+        ELSE ($3::float8[])[least(greatest(q.attempts, 1), cardinality($3::float8[]))] END)
+FROM unnest($1::bigint[], $2::text[]) AS t(id, channel)
+WHERE q.message_id = t.id
+"""
+
+RECIPIENT_LOCK_CLASS = 7346005
+"""First key of the advisory locks that serialize counting per recipient across nodes."""
+
+
+async def _aio_recipient_check(conn: asyncpg.Connection, recipients: Sequence[tuple[int, str]],
+                               decide: Callable[..., tuple[Sequence[int], dict[int, float]]]) -> dict[int, float]:
+    """Lock the numbers, read their sends of the last day, let ``decide`` admit, count the
+    admitted and hold the rest (asyncio side, inside the caller's transaction)."""
+    dests = sorted({d for _, d in recipients})
+    # Sorted, so two nodes locking overlapping numbers take the locks in the same order.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($2::int, hashtext(d)) FROM (SELECT unnest($1::text[]) AS d ORDER BY 1) s",
+        dests, RECIPIENT_LOCK_CLASS)
+    rows = await conn.fetch(
+        "SELECT message_id, dest, extract(epoch FROM at)::float8 AS t, extract(epoch FROM clock_timestamp())::float8"
+        " AS now FROM recipient_sends WHERE dest = ANY($1::text[]) AND at > clock_timestamp() - interval '1 day'"
+        " UNION ALL SELECT NULL, NULL, NULL, extract(epoch FROM clock_timestamp())::float8", dests)
+    now = max(r["now"] for r in rows)
+    counted = {r["message_id"] for r in rows if r["message_id"] is not None}
+    history: dict[str, list[float]] = {}
+    for r in rows:
+        if r["dest"] is not None:
+            history.setdefault(r["dest"], []).append(r["t"])
+    fresh = [(mid, d) for mid, d in recipients if mid not in counted]
+    allowed, waits = decide(fresh, history, now)
+    if allowed:
+        dest_of = dict(fresh)
+        await conn.execute(
+            "INSERT INTO recipient_sends (message_id, dest, at)"
+            " SELECT id, dest, to_timestamp($3) FROM unnest($1::bigint[], $2::text[]) AS t(id, dest)"
+            " ON CONFLICT (message_id) DO NOTHING",
+            list(allowed), [dest_of[m] for m in allowed], now)
+    if waits:
+        await conn.execute(
+            "UPDATE outbound_queue q SET leased_by = NULL, lease_until = NULL,"
+            " not_before = to_timestamp($3) + make_interval(secs => t.wait)"
+            " FROM unnest($1::bigint[], $2::float8[]) AS t(id, wait) WHERE q.message_id = t.id",
+            list(waits), list(waits.values()), now)
+    return dict(waits)
+
+
 _SET_STATUS = """
 WITH t AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
                        AS t(id, status, channel, error_code, detail)),
@@ -750,6 +836,132 @@ class Store:
                                        for i in ids])
         return len(moved)
 
+    # -- routing ---------------------------------------------------------------------------
+    # The routing table shared by every node, claims that carry the channel a retried message
+    # last failed on, and the per-recipient send log (migration 0005).
+
+    async def claim_routable(self, node: str, limit: int, lease: float, *,
+                             marketing: bool = True) -> list[tuple[OutboundMessage, str | None]]:
+        """:meth:`claim`, with each message's ``last_channel`` (the channel whose transient
+        failure sent it back to the queue, or None)."""
+        rows = await self.fetch(_CLAIM_ROUTABLE if marketing else _CLAIM_ROUTABLE_TRANSACTIONAL, limit, node, lease)
+        out = []
+        for r in rows:
+            segments = plan(r["body"], max_parts=255)
+            out.append((OutboundMessage(
+                id=r["id"], account_id=r["account_id"], dest=r["dest"], operator=r["operator"],
+                encoding=r["encoding"], parts=tuple(segments.parts), priority=r["priority"],
+                msg_class=r["class"], sender=r["sender"], expires_at=r["expires_at"],
+                attempts=r["attempts"],
+            ), r["last_channel"]))
+        out.sort(key=lambda x: (-x[0].priority, x[0].id))
+        return out
+
+    async def retry_later(self, failures: Sequence[tuple[int, str, str | None, str]],
+                          backoff: Sequence[float]) -> set[int]:
+        """Transient failures (message_id, channel, error_code, reason): a ``queued`` history
+        row ``retry: <reason>``, then back to the queue after ``backoff[attempts - 1]`` seconds
+        with the failing channel remembered; one transaction."""
+        if not failures:
+            return set()
+        sink = self._sink()
+
+        async def run(pool: asyncpg.Pool) -> set[int]:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    moved = await _aio_set_status(
+                        conn, [(mid, "queued", ch, code, f"retry: {reason}") for mid, ch, code, reason in failures],
+                        sink)
+                    await conn.execute(_RETRY_LATER, [f[0] for f in failures], [f[1] for f in failures],
+                                       list(backoff))
+                    return moved
+
+        moved = await self._call(run, self._pool)
+        self._emit(sink)
+        return moved
+
+    async def commit_routing(
+        self, rows: Sequence[tuple[int, Status, str | None, str | None, str]], *,
+        unroutable: Sequence[int] = (), unroutable_delay: float = 1.0,
+        recipients: Sequence[tuple[int, str]] = (),
+        decide: Callable[[Sequence[tuple[int, str]], dict[str, list[float]], float],
+                         tuple[Sequence[int], dict[int, float]]] | None = None,
+    ) -> tuple[set[int], dict[int, float]]:
+        """One claim batch's bookkeeping in one transaction.
+
+        ``recipients`` (message id, number) are the routed messages subject to per-recipient
+        limits: their numbers are locked (so nodes count one at a time), ``decide(candidates,
+        history, now)`` gets the send times counted for each number in the last day (epoch
+        seconds) and returns the ids allowed and the waits of the others. Allowed ones are
+        counted; held ones go back to the queue due after their wait, and their rows in
+        ``rows`` are skipped. A message counted before (a retry) is allowed without counting
+        twice. Then ``rows`` are applied (:meth:`set_status`) and ``unroutable`` ids released
+        after ``unroutable_delay``. Returns (ids moved by ``rows``, held id → wait seconds).
+        """
+        sink = self._sink()
+
+        async def run(pool: asyncpg.Pool) -> tuple[set[int], dict[int, float]]:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    held: dict[int, float] = {}
+                    if recipients and decide is not None:
+                        held = await _aio_recipient_check(conn, recipients, decide)
+                    moved = await _aio_set_status(
+                        conn, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows if r[0] not in held], sink)
+                    if unroutable:
+                        await conn.execute(
+                            "UPDATE outbound_queue SET leased_by = NULL, lease_until = NULL,"
+                            " not_before = now() + make_interval(secs => $2) WHERE message_id = ANY($1::bigint[])",
+                            list(unroutable), unroutable_delay)
+                    return moved, held
+
+        moved, held = await self._call(run, self._pool)
+        self._emit(sink)
+        return moved, held
+
+    async def prune_recipient_sends(self) -> int:
+        """Forget sends older than the longest recipient window (a day)."""
+        done = await self.execute("DELETE FROM recipient_sends WHERE at < now() - interval '25 hours'")
+        return int(done.rsplit(" ", 1)[-1])
+
+    async def account_ids(self) -> dict[str, int]:
+        """Every account's id by name (to resolve routing rules)."""
+        return {r["name"]: r["id"] for r in await self.fetch("SELECT id, name FROM accounts")}
+
+    async def routing_table(self) -> tuple[bytes, int, str] | None:
+        """The stored rules (a JSON array), their version and source (``config``/``api``)."""
+        row = await self.fetchrow("SELECT rules::text AS rules, version, source FROM routing_table WHERE id = 1")
+        return None if row is None else (row["rules"].encode(), row["version"], row["source"])
+
+    async def routing_version(self) -> int:
+        return await self.fetchval("SELECT coalesce((SELECT version FROM routing_table WHERE id = 1), 0)")
+
+    async def seed_routing_table(self, rules: bytes) -> tuple[bytes, int, str]:
+        """At start: the configuration's rules become the table unless the table was last
+        changed through the admin API (that one wins). Returns the table in force."""
+        row = await self.fetchrow(
+            """
+            INSERT INTO routing_table AS r (id, rules, version, source) VALUES (1, $1::text::jsonb, 1, 'config')
+            ON CONFLICT (id) DO UPDATE SET rules = EXCLUDED.rules, version = r.version + 1, updated_at = now()
+              WHERE r.source = 'config' AND r.rules <> EXCLUDED.rules
+            RETURNING rules::text AS rules, version, source
+            """, rules.decode())
+        if row is None:  # kept: changed through the API, or the configuration's rules already
+            stored = await self.routing_table()
+            assert stored is not None
+            return stored
+        return row["rules"].encode(), row["version"], row["source"]
+
+    async def save_routing_table(self, rules: bytes, source: str = "api") -> int:
+        """Replace the table (every node picks it up); returns its new version."""
+        return await self.fetchval(
+            """
+            INSERT INTO routing_table AS r (id, rules, version, source) VALUES (1, $1::text::jsonb, 1, $2)
+            ON CONFLICT (id) DO UPDATE SET rules = EXCLUDED.rules, source = EXCLUDED.source,
+              version = r.version + 1, updated_at = now()
+            RETURNING version
+            """, rules.decode(), source)
+
     async def record_mo(self, items: Sequence[tuple[str, str, str, str, datetime]]) -> list[int]:
         """Store inbound messages (channel, sender, service_number, body, received_at)."""
         if not items:
@@ -961,6 +1173,7 @@ class BlockedNumber(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     source: str
     created_at: datetime
+
 
 
 class Transaction:

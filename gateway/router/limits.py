@@ -40,6 +40,11 @@ class TokenBucket:
             return 0.0
         return (need - self.tokens) / self.rate
 
+    def delay(self, now: float) -> float:
+        """Seconds until one token is available (0.0 if one is available now)."""
+        self._refill(now)
+        return 0.0 if self.tokens + 1e-9 >= 1 else (1 - self.tokens) / self.rate
+
     def give_back(self, n: float) -> None:
         """Return tokens taken for work that did not happen."""
         self.tokens = min(self.burst, self.tokens + n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zoneinfo
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +35,13 @@ class QuietHours:
         if self.start < self.end:
             return self.start <= local < self.end
         return local >= self.start or local < self.end
+
+    def remaining(self, at: datetime) -> float:
+        """Seconds from ``at`` until the quiet span ends (0.0 when it is not active)."""
+        if not self.active(at) or self.end is None:
+            return 0.0
+        local = at.astimezone(self.zone)
+        end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
+        if end <= local:
+            end += timedelta(days=1)
+        return (end - local).total_seconds()
