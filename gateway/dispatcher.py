@@ -325,8 +325,9 @@ class Dispatcher:
                 log.info("channel %s channel=%s detail=%s", "up" if e.up else "down", e.channel, e.detail)
         if submitted:
             done = await self._store.record_submitted(submitted)
-            for _ in done:
-                self._metrics.messages.labels("submitted", submitted[0][0]).inc()
+            channel_of = {message_id: channel for channel, message_id, _, _ in submitted}
+            for message_id in done:
+                self._metrics.messages.labels("submitted", channel_of[message_id]).inc()
         if failures:
             await self._record_failures(failures)
         if reports:

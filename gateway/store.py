@@ -522,20 +522,31 @@ async def _aio_reports(
             )
             by_ref = {(r["channel"], r["ref"]): r["message_id"] for r in refs}
             # A report for a ref already reported (a duplicate report) matches but changes nothing.
+            # Only a ref whose report was applied is such a duplicate: a ref still 'submitted' here
+            # was committed after the UPDATE above took its snapshot (read committed: each
+            # statement sees what was committed when it began), so this report was *not* applied
+            # and must stay unmatched, to be held and retried.
             known = await conn.fetch(
                 "SELECT channel, ref, message_id FROM message_refs"
-                " WHERE (channel, ref) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                " WHERE (channel, ref) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+                " AND status <> 'submitted'",
                 [r[0] for r in reports], [r[1] for r in reports],
             )
             known_refs = {(r["channel"], r["ref"]): r["message_id"] for r in known}
             delivered: dict[int, int] = {}
             failed: dict[int, tuple[str, str, str]] = {}
+            applied: set[tuple[str, str]] = set()
             for channel, ref, status, error_code in reports:
                 mid = by_ref.get((channel, ref))
+                if mid is not None and (channel, ref) in applied:
+                    # The same ref twice in one batch: its row was updated once; count it once.
+                    outcomes.append(ReportOutcome(matched=True, message_id=mid))
+                    continue
                 if mid is None:
                     outcomes.append(ReportOutcome(matched=(channel, ref) in known_refs,
                                                   message_id=known_refs.get((channel, ref))))
                     continue
+                applied.add((channel, ref))
                 if status == Status.DELIVERED:
                     delivered[mid] = delivered.get(mid, 0) + 1
                 else:
