@@ -25,7 +25,7 @@ from .outbox import IntakeOutbox
 from .http import Router, serve_http
 from .http.server import HttpLimits
 from .intake import Intake
-from .metrics import Metrics
+from .metrics import MeteredBus, Metrics
 from .pgserver import EmbeddedPostgres
 from .store import Store, open_store
 from .webhooks import WebhookSender
@@ -48,6 +48,8 @@ class Running(msgspec.Struct, kw_only=True):
     bus: EventBus
     intake: Intake
     outbox: IntakeOutbox
+    admin_ws_url: str = ""
+    """``ws://HOST:PORT`` of the admin stream; empty when no admin token is configured."""
 
 
 @asynccontextmanager
@@ -100,7 +102,7 @@ async def serve_gateway(
             owner = await store.ensure_account(merchant.account)
             await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
         metrics = Metrics()
-        bus = EventBus()
+        bus: EventBus = MeteredBus(metrics)
         store.events = bus
         dispatcher = Dispatcher(store, channels, config.dispatcher, metrics, bus=bus)
         intake = Intake(store, config.intake, metrics, on_commit=dispatcher.wake)
@@ -116,6 +118,8 @@ async def serve_gateway(
             running = Running(http_url="", http_port=0, database_url=url, store=store,
                               dispatcher=dispatcher, metrics=metrics, bus=bus, intake=intake,
                               outbox=IntakeOutbox(intake, max_parts=config.http.max_parts))
+            if config.admin.enabled:
+                running.admin_ws_url = await start_admin(nursery, config, running, router)
             if extra_routes is not None:
                 extra_routes(router, running)
             limits = HttpLimits(max_body=config.http.max_body)
@@ -125,3 +129,15 @@ async def serve_gateway(
             running.http_port = bound
             log.info("gateway up http=%s channels=%d node=%s", running.http_url, len(channels), dispatcher.node)
             task_status.started(running)
+
+
+async def start_admin(nursery: trio.Nursery, config: Config, running: Running, router: Router) -> str:
+    """Start the admin stream and add the admin page to ``router``; returns the stream's URL."""
+    from admin_ws import AdminServer, admin_routes
+
+    admin = AdminServer(config.admin, store=running.store, bus=running.bus, metrics=running.metrics,
+                        channels=lambda: running.dispatcher.channels)
+    port = await nursery.start(admin.run)
+    admin_routes(router, admin, running.store, running.metrics)
+    host, _ = split_listen(config.admin.listen)
+    return f"ws://{f'[{host}]' if ':' in host else host}:{port}"
