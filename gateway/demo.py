@@ -201,7 +201,7 @@ def write_ready_file(path: str, info: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def instructions(running: Running, key: str, modem_numbers: list[str]) -> str:
+def instructions(running: Running, key: str, modem_numbers: list[str], admin: str = "") -> str:
     url = running.http_url
     modems = ", ".join(modem_numbers)
     return f"""
@@ -228,7 +228,7 @@ Play the consumer: text the service number from a handset, read what a handset r
   curl -s -X POST {url}/v1/sim/mo -d '{{"from": "13900000001", "to": "{DEMO_SERVICE_NUMBER}", "text": "1"}}'
   curl -s -X POST {url}/v1/sim/mo -d '{{"from": "18611112222", "to": "{modem_numbers[0]}", "text": "2"}}'
   curl -s {url}/v1/sim/inbox/13800138000
-
+{admin}
 Stop with Ctrl-C.
 """
 
@@ -265,7 +265,7 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
         }
         if options.ready_file:
             write_ready_file(options.ready_file, info)
-        print(instructions(running, key, [m.number for m in modems]) + admin_instructions(running, admin), flush=True)
+        print(instructions(running, key, [m.number for m in modems], admin_instructions(running, admin)), flush=True)
         task_status.started(info)
 
 
@@ -279,7 +279,8 @@ def demo_admin(options: DemoOptions) -> AdminConfig:
 
 
 def admin_instructions(running: Running, admin: AdminConfig) -> str:
-    return f"""Watch it live (tokens are new at each start):
+    return f"""
+Watch it live (tokens are new at each start):
 
   admin page   {running.http_url}/admin#token={admin.token}
                (numbers masked; all of it: {running.http_url}/admin#token={admin.privileged_token})
