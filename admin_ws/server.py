@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import functools
 import hmac
+import math
 import logging
+import socket
+import weakref
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from gateway.config import AdminConfig, split_listen
 from gateway.errors import StoreError
-from gateway.events import EventBus
+from gateway.events import Event, EventBus
 from gateway.metrics import Metrics
 from gateway.store import Store
 
@@ -70,8 +73,37 @@ CLIENT_QUEUE = 8
 """Client frames buffered before the server stops reading (the client is then slowed)."""
 CLIENT_FRAME_MAX = 16 * 1024
 """Bytes a client frame may have; a larger one closes the connection (1009)."""
+FLUSH_INTERVAL = 0.1
+"""Seconds between two batches of frames to one viewer at least (events gather in the ring)."""
+FLUSHES_PER_SECOND = 100.0
+"""Batches a second to all viewers together at most: with many viewers each waits longer
+between batches and gets more frames in each. A batch goes out corked, as one TCP segment:
+the send is what a frame costs the gateway, so this bounds the viewers' cost."""
 BOARD_MAX_AGE = 2.0
 """Seconds a sampled board may be old and still go out in a snapshot."""
+
+
+class _CorkingListener(trio.abc.Listener[trio.SocketStream]):
+    """Accepts admin connections and remembers their sockets by peer address, so that a
+    viewer can cork its socket while it writes a batch of frames (one TCP segment instead
+    of one per frame: the send, not the encoding, is what a frame costs the gateway)."""
+
+    def __init__(self, inner: trio.SocketListener) -> None:
+        self._inner = inner
+        self.streams: weakref.WeakValueDictionary[tuple[str, int], trio.SocketStream] = (
+            weakref.WeakValueDictionary())
+
+    async def accept(self) -> trio.SocketStream:
+        stream = await self._inner.accept()
+        try:
+            peer = stream.socket.getpeername()
+            self.streams[(str(peer[0]), int(peer[1]))] = stream
+        except OSError:  # already gone: the handshake will fail
+            pass
+        return stream
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class _Stalled(Exception):
@@ -111,6 +143,7 @@ class AdminServer:
         self._metrics = metrics
         self._channels = channels
         self.hub = Hub(bus, config.buffer)
+        self._listeners: list[_CorkingListener] = []
         self.port = 0
         self._board: Board | None = None
         self._board_at = -1e9
@@ -137,6 +170,10 @@ class AdminServer:
         """Frames a second each viewer may be sent now: its own cap, or its share of the total."""
         return min(self.config.viewer_rate, self.config.total_rate / max(1, self.hub.viewers))
 
+    def flush_interval(self) -> float:
+        """Seconds between two batches to one viewer now (see ``FLUSHES_PER_SECOND``)."""
+        return max(FLUSH_INTERVAL, self.hub.viewers / FLUSHES_PER_SECOND)
+
     # -- service ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -145,11 +182,14 @@ class AdminServer:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.hub.run)
             await nursery.start(self._sample)
-            server = await nursery.start(functools.partial(
-                serve_websocket, self._handle, host, port, None, connect_timeout=HANDSHAKE_TIMEOUT,
-                disconnect_timeout=CLOSE_TIMEOUT, message_queue_size=CLIENT_QUEUE,
-                max_message_size=CLIENT_FRAME_MAX))
-            self.port = server.port
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            self._listeners = [_CorkingListener(listener) for listener in listeners]
+            server = WebSocketServer(
+                self._handle, self._listeners,
+                connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT,
+                message_queue_size=CLIENT_QUEUE, max_message_size=CLIENT_FRAME_MAX)
+            await nursery.start(server.run)
+            self.port = listeners[0].socket.getsockname()[1]
             log.info("admin stream up listen=%s:%d", host, self.port)
             task_status.started(self.port)
 
@@ -182,7 +222,19 @@ class AdminServer:
                                                   f"{self.config.max_viewers} viewers are connected already"))
             return
         ws = await request.accept()
-        await _Viewer(self, ws, privileged=privileged, remote=remote).run()
+        await _Viewer(self, ws, privileged=privileged, remote=remote, stream=self._stream_of(request)).run()
+
+    def _stream_of(self, request: WebSocketRequest) -> trio.SocketStream | None:
+        try:
+            r = request.remote
+            key = (str(r.address), int(r.port))  # type: ignore[union-attr]
+        except (AttributeError, OSError):
+            return None
+        for listener in self._listeners:
+            stream = listener.streams.pop(key, None)
+            if stream is not None:
+                return stream
+        return None
 
     # -- board --------------------------------------------------------------------------------
 
@@ -282,12 +334,18 @@ class AdminServer:
         return PASS_ALL if criteria == Criteria() else criteria
 
 
+def _stats_frame(board: Board, seq: int, dropped: int) -> Frame:
+    return Stats(seq=seq, dropped=dropped, board=board)
+
+
 class _Viewer:
     """One connected viewer: a writer (snapshot, events, stats) and a reader (client frames)."""
 
-    def __init__(self, server: AdminServer, ws: WebSocketConnection, *, privileged: bool, remote: str) -> None:
+    def __init__(self, server: AdminServer, ws: WebSocketConnection, *, privileged: bool, remote: str,
+                 stream: trio.SocketStream | None = None) -> None:
         self._server = server
         self._ws = ws
+        self._stream = stream
         self._metrics = server._metrics
         self.privileged = privileged
         self.remote = remote
@@ -328,19 +386,33 @@ class _Viewer:
             self.dropped_total += n
             self._metrics.admin_dropped.inc(n)
 
-    async def _send(self, make: Callable[[int, int], Frame]) -> None:
-        """Number a frame, attach the pending drop count, send it; :class:`_Stalled` when the
-        connection takes nothing for ``stall_timeout`` seconds."""
+    async def _send(self, *makers: Callable[[int, int], Frame]) -> None:
+        """Number frames, attach the pending drop count to the first, send them (corked
+        together); :class:`_Stalled` when the connection takes nothing for ``stall_timeout``."""
         async with self._lock:
-            self.seq += 1
-            frame = make(self.seq, self.pending_dropped)
-            self.pending_dropped = 0
-            with trio.move_on_after(self._server.config.stall_timeout) as scope:
-                await self._ws.send_message(encode(frame))
-            if scope.cancelled_caught:
-                raise _Stalled()
-            self.frames += 1
-            self._metrics.admin_frames.inc()
+            cork = self._stream is not None and len(makers) > 1
+            if cork:
+                self._cork(True)
+            try:
+                for make in makers:
+                    self.seq += 1
+                    frame = make(self.seq, self.pending_dropped)
+                    self.pending_dropped = 0
+                    with trio.move_on_after(self._server.config.stall_timeout) as scope:
+                        await self._ws.send_message(encode(frame))
+                    if scope.cancelled_caught:
+                        raise _Stalled()
+                    self.frames += 1
+                    self._metrics.admin_frames.inc()
+            finally:
+                if cork:
+                    self._cork(False)
+
+    def _cork(self, on: bool) -> None:
+        try:
+            self._stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)  # type: ignore[union-attr]
+        except (OSError, trio.ClosedResourceError):
+            self._stream = None
 
     async def _write(self, position: int) -> None:
         server, hub = self._server, self._server.hub
@@ -351,39 +423,44 @@ class _Viewer:
             seen_board = hub.board_version
             rate = server.viewer_rate()
             budget = FrameBudget(rate, max(1.0, rate), trio.current_time())
+            flushed = -math.inf
             while True:
+                # At most one batch per FLUSH_INTERVAL, and none without budget: events gather
+                # in the ring meanwhile. A quiet stream's next event goes out as it comes.
+                await trio.sleep_until(flushed + server.flush_interval())
+                if budget.refill(trio.current_time(), server.viewer_rate()) < 1.0 and \
+                        hub.board_version == seen_board:
+                    await trio.sleep(budget.wait_time() + 0.001)
                 await hub.wait(position, seen_board)
+                makers: list[Callable[[int, int], Frame]] = []
                 if hub.board_version != seen_board:
                     seen_board = hub.board_version
-                    board = hub.board
-                    await self._send(lambda seq, dropped: Stats(seq=seq, dropped=dropped, board=board))
-                if hub.head == position:
-                    continue
-                if budget.refill(trio.current_time(), server.viewer_rate()) < 1.0:
-                    await trio.sleep(budget.wait_time())  # events gather in the ring meanwhile
-                    budget.refill(trio.current_time())
+                    makers.append(functools.partial(_stats_frame, hub.board))
                 events, position, lost = hub.read(position, hub.size)
                 self._drop(lost)
                 criteria = self.criteria
-                for i, event in enumerate(events):
-                    if event is None:
-                        self._drop(1)
-                        continue
-                    if criteria is not PASS_ALL and not matches(criteria, event):
-                        continue
-                    if not budget.take():
-                        if criteria is PASS_ALL:  # every event would have passed: skip them all
-                            self._drop(len(events) - i)
-                            break
-                        self._drop(1)
-                        continue
-                    await self._send(functools.partial(self._event_frame, event))
+                if criteria is PASS_ALL:
+                    passing = [e for e in events if e is not None]
+                    self._drop(len(events) - len(passing))
+                else:
+                    self._drop(events.count(None))
+                    passing = [e for e in events if e is not None and matches(criteria, e)]
+                allowed = int(budget.refill(trio.current_time()))
+                if len(passing) > allowed:  # over budget: the newest are the ones worth seeing
+                    self._drop(len(passing) - allowed)
+                    passing = passing[len(passing) - allowed:]
+                for event in passing:
+                    budget.take()
+                    makers.append(functools.partial(self._event_frame, event))
+                if makers:
+                    await self._send(*makers)
+                flushed = trio.current_time()
         except _Stalled:
             self.outcome = "stalled"
         except ConnectionClosed:
             self.outcome = "closed"
 
-    def _event_frame(self, event, seq: int, dropped: int) -> Frame:
+    def _event_frame(self, event: Event, seq: int, dropped: int) -> Frame:
         return to_frame(event, seq=seq, dropped=dropped, privileged=self.privileged)
 
     async def _read(self, cancel_scope: trio.CancelScope) -> None:

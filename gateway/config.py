@@ -68,10 +68,11 @@ class AdminConfig(_Section):
     """Privileged admin token: also sees full numbers and message texts."""
     buffer: Annotated[int, Meta(ge=100, le=1_000_000)] = 10_000
     """Events a viewer may fall behind before it loses the oldest (and is told how many)."""
-    viewer_rate: Annotated[float, Meta(gt=0)] = 200.0
+    viewer_rate: Annotated[float, Meta(gt=0)] = 20.0
     """Event frames a second one viewer is sent at most; beyond it events are dropped, counted."""
-    total_rate: Annotated[float, Meta(gt=0)] = 2000.0
-    """Event frames a second all viewers together are sent at most (shared equally)."""
+    total_rate: Annotated[float, Meta(gt=0)] = 200.0
+    """Event frames a second all viewers together are sent at most (shared equally). A frame
+    costs the gateway about a quarter of an accepted request; this keeps viewers' share small."""
     stall_timeout: Seconds = 10.0
     """A viewer whose connection takes no data for this long is disconnected."""
     max_viewers: Annotated[int, Meta(ge=1, le=10_000)] = 100

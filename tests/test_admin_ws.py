@@ -140,7 +140,7 @@ async def test_filters_change_mid_stream_and_bad_frames_get_errors(nursery, data
 
 
 async def test_a_viewer_that_falls_behind_is_told_how_many_it_missed(nursery, database_url):
-    gw = await start(nursery, database_url, buffer=100)
+    gw = await start(nursery, database_url, buffer=100, viewer_rate=1e6, total_rate=1e6)
     bus = gw.running.bus
     async with open_websocket_url(gw.running.admin_ws_url, extra_headers=bearer(TOKEN)) as ws:
         await next_frame(ws)
@@ -168,8 +168,8 @@ async def test_frames_beyond_a_viewers_rate_are_dropped_and_counted(nursery, dat
                 dropped += f.get("dropped", 0)
                 if f["type"] == "link":
                     got.append(f["channel"])
-        assert 1 <= len(got) <= 6 and len(got) + dropped == 50
-        assert got[0] == "c0"
+        assert got == [f"c{i}" for i in range(45, 50)], "over its budget a viewer gets the newest events"
+        assert dropped == 45
 
 
 def _raw_handshake(port: int, token: str) -> socket.socket:
@@ -219,7 +219,7 @@ async def test_a_stalled_viewer_is_cut_off_and_slows_nobody(nursery, database_ur
                     r = await c.post("/v1/messages", json={"to": "13800138000", "text": "still fast"})
                     assert r.status_code == 202
                     slowest = max(slowest, trio.current_time() - started)
-            assert i >= 500, "the stalled viewer took some megabytes before its buffers were full"
+            assert i >= 200, "the stalled viewer took megabytes before its buffers were full"
             assert slowest < 1.0, f"a request took {slowest:.2f}s while a viewer was stalled"
             assert "reason=stalled" in caplog.text
             with trio.fail_after(10):
