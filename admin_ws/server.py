@@ -79,6 +79,9 @@ FLUSHES_PER_SECOND = 100.0
 """Batches a second to all viewers together at most: with many viewers each waits longer
 between batches and gets more frames in each. A batch goes out corked, as one TCP segment:
 the send is what a frame costs the gateway, so this bounds the viewers' cost."""
+QUEUE_SAMPLE_INTERVAL = 5.0
+"""Seconds between two reads of the queue's depth and age for the board: the query walks the
+queue, which may hold a campaign's worth of messages, so it is not run every second."""
 BOARD_MAX_AGE = 2.0
 """Seconds a sampled board may be old and still go out in a snapshot."""
 
@@ -153,6 +156,7 @@ class AdminServer:
         self._rates: dict[str, float] = {}
         self._link_rates: dict[tuple[str, str], float] = {}
         self._queue: dict[str, QueueState] = {}
+        self._queue_at = -math.inf
 
     # -- privilege --------------------------------------------------------------------------
 
@@ -250,7 +254,8 @@ class AdminServer:
         while True:
             await trio.sleep(SAMPLE_INTERVAL)
             watched = self.hub.viewers > 0
-            await self._refresh(queue=watched)
+            due = trio.current_time() - self._queue_at >= QUEUE_SAMPLE_INTERVAL
+            await self._refresh(queue=watched and due)
             if watched:
                 self.hub.publish_board(self._board)
 
@@ -289,6 +294,7 @@ class AdminServer:
             self._rates = {k: 0.0 for k in totals}
             self._totals, self._counters, self._sampled_at = totals, counters, now
         if queue:
+            self._queue_at = trio.current_time()
             try:
                 stats = await self._store.queue_stats()
                 self._queue = {k: QueueState(depth=d, oldest_age_s=round(a, 3)) for k, (d, a) in stats.items()}
@@ -367,6 +373,7 @@ class _Viewer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read, nursery.cancel_scope)
+                nursery.start_soon(self._keepalive, nursery.cancel_scope)
                 await self._write(position)
                 nursery.cancel_scope.cancel()
         finally:
@@ -459,6 +466,22 @@ class _Viewer:
             self.outcome = "stalled"
         except ConnectionClosed:
             self.outcome = "closed"
+
+    async def _keepalive(self, cancel_scope: trio.CancelScope) -> None:
+        """Ping the viewer; one that does not answer within ``stall_timeout`` is not reading
+        (or is that far behind, the pong queued after what it has not read yet): cut it off."""
+        timeout = self._server.config.stall_timeout
+        try:
+            while True:
+                await trio.sleep(timeout / 2)
+                with trio.move_on_after(timeout) as scope:
+                    await self._ws.ping()
+                if scope.cancelled_caught:
+                    self.outcome = "stalled"
+                    cancel_scope.cancel()
+                    return
+        except ConnectionClosed:
+            cancel_scope.cancel()
 
     def _event_frame(self, event: Event, seq: int, dropped: int) -> Frame:
         return to_frame(event, seq=seq, dropped=dropped, privileged=self.privileged)
