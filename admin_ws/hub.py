@@ -70,6 +70,15 @@ class Hub:
         events = [ring[i % size] for i in range(position, end)]
         return events, end, lost
 
+    def tail(self, position: int, limit: int) -> tuple[list[Event], int, int]:
+        """The newest ``limit`` events past ``position``: ``(events, next position, skipped)``;
+        ``skipped`` counts the older ones passed over, lost ones included. Costs ``limit``,
+        not the number of events waiting, which a viewer over its budget must not pay."""
+        start = max(position, self.head - self.size, self.head - max(0, limit))
+        ring, size = self._ring, self.size
+        events = [e for e in (ring[i % size] for i in range(start, self.head)) if e is not None]
+        return events, self.head, self.head - position - len(events)
+
     async def wait(self, position: int, board_version: int) -> None:
         """Until there is an event past ``position`` or a board newer than ``board_version``."""
         while self.head == position and self.board_version == board_version:

@@ -6,18 +6,19 @@ refused with 401, logged without the token. ``[admin] token`` sees numbers maske
 texts; ``[admin] privileged_token`` sees everything.
 
 Each viewer gets a ``snapshot``, then the events the :class:`~admin_ws.hub.Hub` fans out,
-through its filter and within its frame budget, and a ``stats`` frame each second. A viewer
-that falls behind loses events and is told how many (``dropped``); one whose connection takes
-no data for ``stall_timeout`` seconds is disconnected. Neither slows the gateway: the hub
-costs the gateway one subscriber, and a viewer only reads from it.
+through its filter and within its frame budget, in corked batches, and a ``stats`` frame
+each second. A viewer that falls behind loses events and is told how many (``dropped``); one
+that answers no ping for ``stall_timeout`` seconds is disconnected. Neither slows the gateway:
+the hub costs the gateway one subscriber, a viewer only reads from it, and what all viewers
+are sent together is bounded (``total_rate``, ``FLUSHES_PER_SECOND``).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
-import math
 import logging
+import math
 import socket
 import weakref
 import time
@@ -443,16 +444,15 @@ class _Viewer:
                 if hub.board_version != seen_board:
                     seen_board = hub.board_version
                     makers.append(functools.partial(_stats_frame, hub.board))
-                events, position, lost = hub.read(position, hub.size)
-                self._drop(lost)
-                criteria = self.criteria
-                if criteria is PASS_ALL:
-                    passing = [e for e in events if e is not None]
-                    self._drop(len(events) - len(passing))
-                else:
-                    self._drop(events.count(None))
-                    passing = [e for e in events if e is not None and matches(criteria, e)]
                 allowed = int(budget.refill(trio.current_time()))
+                criteria = self.criteria
+                if criteria is PASS_ALL:  # every event passes: read only the newest the budget allows
+                    passing, position, skipped = hub.tail(position, allowed)
+                    self._drop(skipped)
+                else:  # a filter must see every event
+                    events, position, lost = hub.read(position, hub.size)
+                    self._drop(lost + events.count(None))
+                    passing = [e for e in events if e is not None and matches(criteria, e)]
                 if len(passing) > allowed:  # over budget: the newest are the ones worth seeing
                     self._drop(len(passing) - allowed)
                     passing = passing[len(passing) - allowed:]

@@ -74,7 +74,7 @@ class AdminConfig(_Section):
     """Event frames a second all viewers together are sent at most (shared equally). A frame
     costs the gateway about a quarter of an accepted request; this keeps viewers' share small."""
     stall_timeout: Seconds = 10.0
-    """A viewer whose connection takes no data for this long is disconnected."""
+    """A viewer that answers no ping (or whose connection takes no data) for this long is cut off."""
     max_viewers: Annotated[int, Meta(ge=1, le=10_000)] = 100
 
     @property

@@ -142,6 +142,12 @@ async def test_hub_subscribes_only_while_watched_and_counts_what_a_viewer_lost()
         events, position, lost = hub.read(position, 100)
         assert lost == 2 and [e.channel for e in events] == ["c2", "c3", "c4", "c5"] and position == 6
         assert hub.read(position, 100) == ([], 6, 0)
+        for i in range(6, 9):
+            bus.publish(LinkEvent(channel=f"c{i}", up=True))
+        await trio.sleep(0.01)
+        events, position, skipped = hub.tail(3, 2)  # from an old position: 3 lost, 1 passed over
+        assert [e.channel for e in events] == ["c7", "c8"] and position == 9 and skipped == 4
+        assert hub.tail(position, 5) == ([], 9, 0)
         hub.detach()
         await trio.sleep(0.01)
         assert not bus.active
