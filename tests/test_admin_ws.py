@@ -12,7 +12,7 @@ import socket
 import httpx
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from gateway.config import AdminConfig
 from gateway.events import LinkEvent, MoEvent
@@ -255,3 +255,32 @@ async def test_a_viewer_that_reads_nothing_is_cut_off_even_when_the_gateway_is_q
             assert (await next_frame(ws, types={"stats"}))["type"] == "stats"
     finally:
         stalled.close()
+
+
+async def test_viewer_limit_unknown_paths_and_oversized_client_frames(nursery, database_url):
+    gw = await start(nursery, database_url, max_viewers=1)
+    url = gw.running.admin_ws_url
+    async with open_websocket_url(url, extra_headers=bearer(TOKEN)) as first:
+        await next_frame(first)
+        with pytest.raises(ConnectionRejected) as info:
+            async with open_websocket_url(url, extra_headers=bearer(TOKEN)):
+                pass
+        assert info.value.status_code == 503
+        assert json.loads(info.value.body)["error"]["code"] == "too_many_viewers"
+        await first.send_message(json.dumps({"type": "filter", "channel": "x" * 40_000}))
+        with trio.fail_after(10):
+            while True:  # the server closes a connection that sends an oversized frame
+                try:
+                    await first.get_message()
+                except ConnectionClosed:
+                    break
+    with trio.fail_after(10):  # its place is free again
+        async with httpx.AsyncClient(base_url=gw.url) as c:
+            while "smsgw_admin_viewers 0.0" not in (await c.get("/metrics")).text:
+                await trio.sleep(0.05)
+    with pytest.raises(ConnectionRejected) as info:
+        async with open_websocket_url(url + "/elsewhere", extra_headers=bearer(TOKEN)):
+            pass
+    assert info.value.status_code == 404
+    async with open_websocket_url(url, extra_headers=bearer(TOKEN)) as again:
+        assert (await next_frame(again))["type"] == "snapshot"
