@@ -6,7 +6,7 @@ refused with 401, logged without the token. ``[admin] token`` sees numbers maske
 texts; ``[admin] privileged_token`` sees everything.
 
 Each viewer gets a ``snapshot``, then the events the :class:`~admin_ws.hub.Hub` fans out,
-through its filter and within its frame budget, in corked batches, and a ``stats`` frame
+through its filter and within its frame budget, in batches of one write, and a ``stats`` frame
 each second. A viewer that falls behind loses events and is told how many (``dropped``); one
 that answers no ping for ``stall_timeout`` seconds is disconnected. Neither slows the gateway:
 the hub costs the gateway one subscriber, a viewer only reads from it, and what all viewers
@@ -19,15 +19,15 @@ import functools
 import hmac
 import logging
 import math
-import socket
-import weakref
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from wsproto.events import TextMessage
+from wsproto.utilities import LocalProtocolError
 
 from gateway.config import AdminConfig, split_listen
 from gateway.errors import StoreError
@@ -78,8 +78,8 @@ FLUSH_INTERVAL = 0.1
 """Seconds between two batches of frames to one viewer at least (events gather in the ring)."""
 FLUSHES_PER_SECOND = 100.0
 """Batches a second to all viewers together at most: with many viewers each waits longer
-between batches and gets more frames in each. A batch goes out corked, as one TCP segment:
-the send is what a frame costs the gateway, so this bounds the viewers' cost."""
+between batches and gets more frames in each. A batch goes out in one write: the write is
+what a frame costs the gateway, so this bounds the viewers' cost."""
 QUEUE_SAMPLE_INTERVAL = 5.0
 """Seconds between two reads of the queue's depth and age for the board: the query walks the
 queue, which may hold a campaign's worth of messages, so it is not run every second."""
@@ -87,27 +87,34 @@ BOARD_MAX_AGE = 2.0
 """Seconds a sampled board may be old and still go out in a snapshot."""
 
 
-class _CorkingListener(trio.abc.Listener[trio.SocketStream]):
-    """Accepts admin connections and remembers their sockets by peer address, so that a
-    viewer can cork its socket while it writes a batch of frames (one TCP segment instead
-    of one per frame: the send, not the encoding, is what a frame costs the gateway)."""
+def _batch_writer(ws: WebSocketConnection) -> Callable[[list[str]], Awaitable[None]] | None:
+    """One write for a batch of text messages, or None when this trio-websocket lacks the parts.
 
-    def __init__(self, inner: trio.SocketListener) -> None:
-        self._inner = inner
-        self.streams: weakref.WeakValueDictionary[tuple[str, int], trio.SocketStream] = (
-            weakref.WeakValueDictionary())
+    trio-websocket's public API writes one message per call, and the write is what a frame
+    costs the gateway. A batch is framed with the connection's own wsproto state and written
+    under its own stream lock, as ``send_message`` does for one message: these are internals
+    of trio-websocket (a test checks they are there, so an upgrade that moves them is noticed);
+    without them the viewer sends one message per call."""
+    proto = getattr(ws, "_wsproto", None)
+    stream = getattr(ws, "_stream", None)
+    lock = getattr(ws, "_stream_lock", None)
+    if proto is None or stream is None or lock is None:
+        return None
 
-    async def accept(self) -> trio.SocketStream:
-        stream = await self._inner.accept()
+    async def write(texts: list[str]) -> None:
+        if ws.closed is not None:
+            raise ConnectionClosed(ws.closed)
         try:
-            peer = stream.socket.getpeername()
-            self.streams[(str(peer[0]), int(peer[1]))] = stream
-        except OSError:  # already gone: the handshake will fail
-            pass
-        return stream
+            data = b"".join(proto.send(TextMessage(data=text)) for text in texts)
+        except LocalProtocolError:  # closing: the reader task records why
+            raise ConnectionClosed(ws.closed) from None
+        async with lock:
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed(ws.closed) from None
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    return write
 
 
 class _Stalled(Exception):
@@ -147,7 +154,6 @@ class AdminServer:
         self._metrics = metrics
         self._channels = channels
         self.hub = Hub(bus, config.buffer)
-        self._listeners: list[_CorkingListener] = []
         self.port = 0
         self._board: Board | None = None
         self._board_at = -1e9
@@ -188,9 +194,8 @@ class AdminServer:
             await nursery.start(self.hub.run)
             await nursery.start(self._sample)
             listeners = await trio.open_tcp_listeners(port, host=host)
-            self._listeners = [_CorkingListener(listener) for listener in listeners]
             server = WebSocketServer(
-                self._handle, self._listeners,
+                self._handle, listeners,
                 connect_timeout=HANDSHAKE_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT,
                 message_queue_size=CLIENT_QUEUE, max_message_size=CLIENT_FRAME_MAX)
             await nursery.start(server.run)
@@ -227,19 +232,7 @@ class AdminServer:
                                                   f"{self.config.max_viewers} viewers are connected already"))
             return
         ws = await request.accept()
-        await _Viewer(self, ws, privileged=privileged, remote=remote, stream=self._stream_of(request)).run()
-
-    def _stream_of(self, request: WebSocketRequest) -> trio.SocketStream | None:
-        try:
-            r = request.remote
-            key = (str(r.address), int(r.port))  # type: ignore[union-attr]
-        except (AttributeError, OSError):
-            return None
-        for listener in self._listeners:
-            stream = listener.streams.pop(key, None)
-            if stream is not None:
-                return stream
-        return None
+        await _Viewer(self, ws, privileged=privileged, remote=remote).run()
 
     # -- board --------------------------------------------------------------------------------
 
@@ -348,11 +341,10 @@ def _stats_frame(board: Board, seq: int, dropped: int) -> Frame:
 class _Viewer:
     """One connected viewer: a writer (snapshot, events, stats) and a reader (client frames)."""
 
-    def __init__(self, server: AdminServer, ws: WebSocketConnection, *, privileged: bool, remote: str,
-                 stream: trio.SocketStream | None = None) -> None:
+    def __init__(self, server: AdminServer, ws: WebSocketConnection, *, privileged: bool, remote: str) -> None:
         self._server = server
         self._ws = ws
-        self._stream = stream
+        self._write_batch = _batch_writer(ws)
         self._metrics = server._metrics
         self.privileged = privileged
         self.remote = remote
@@ -395,32 +387,24 @@ class _Viewer:
             self._metrics.admin_dropped.inc(n)
 
     async def _send(self, *makers: Callable[[int, int], Frame]) -> None:
-        """Number frames, attach the pending drop count to the first, send them (corked
-        together); :class:`_Stalled` when the connection takes nothing for ``stall_timeout``."""
+        """Number frames, attach the pending drop count to the first, send them in one write;
+        :class:`_Stalled` when the connection takes nothing for ``stall_timeout`` seconds."""
         async with self._lock:
-            cork = self._stream is not None and len(makers) > 1
-            if cork:
-                self._cork(True)
-            try:
-                for make in makers:
-                    self.seq += 1
-                    frame = make(self.seq, self.pending_dropped)
-                    self.pending_dropped = 0
-                    with trio.move_on_after(self._server.config.stall_timeout) as scope:
-                        await self._ws.send_message(encode(frame))
-                    if scope.cancelled_caught:
-                        raise _Stalled()
-                    self.frames += 1
-                    self._metrics.admin_frames.inc()
-            finally:
-                if cork:
-                    self._cork(False)
-
-    def _cork(self, on: bool) -> None:
-        try:
-            self._stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)  # type: ignore[union-attr]
-        except (OSError, trio.ClosedResourceError):
-            self._stream = None
+            texts = []
+            for make in makers:
+                self.seq += 1
+                texts.append(encode(make(self.seq, self.pending_dropped)))
+                self.pending_dropped = 0
+            with trio.move_on_after(self._server.config.stall_timeout) as scope:
+                if self._write_batch is not None and len(texts) > 1:
+                    await self._write_batch(texts)
+                else:
+                    for text in texts:
+                        await self._ws.send_message(text)
+            if scope.cancelled_caught:
+                raise _Stalled()
+            self.frames += len(texts)
+            self._metrics.admin_frames.inc(len(texts))
 
     async def _write(self, position: int) -> None:
         server, hub = self._server, self._server.hub

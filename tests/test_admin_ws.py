@@ -14,6 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
+from admin_ws.server import _batch_writer
 from gateway.config import AdminConfig
 from gateway.events import LinkEvent, MoEvent
 from tests.channels import ScriptedChannel
@@ -151,6 +152,9 @@ async def test_a_viewer_that_falls_behind_is_told_how_many_it_missed(nursery, da
         rest = [await next_frame(ws, types={"link"}) for _ in range(99)]
         assert [f["channel"] for f in rest] == [f"c{i}" for i in range(401, 500)]
         assert all("dropped" not in f for f in rest)
+        assert [f["seq"] for f in rest] == list(range(first["seq"] + 1, first["seq"] + 100))
+        # those 100 frames went out as one write: the trio-websocket internals it uses are there
+        assert _batch_writer(ws) is not None
 
 
 async def test_frames_beyond_a_viewers_rate_are_dropped_and_counted(nursery, database_url):
