@@ -403,7 +403,7 @@ class Api:
 
     async def metrics(self, request: Request) -> Response:
         try:
-            self._metrics.queue_depth.set(await self._store.queue_depth())
+            await self._metrics.sample_queue(self._store)
         except StoreError as exc:  # the exposition still serves; the gauge keeps its last value
             log.debug("queue depth unavailable for /metrics: %s", exc)
         return Response(status=200, body=self._metrics.exposition(), content_type=self._metrics.content_type)

@@ -27,7 +27,7 @@ from .outbox import IntakeOutbox
 from .http import Router, serve_http
 from .http.server import HttpLimits
 from .intake import Intake
-from .metrics import Metrics
+from .metrics import MeteredBus, Metrics
 from .mo_api import MoApi
 from .mo_dispatch import MoDispatcher
 from .pgserver import EmbeddedPostgres
@@ -56,6 +56,8 @@ class Running(msgspec.Struct, kw_only=True):
     """Sends as the gateway (MO replies, CRM notices); marketing texts get the merchant's signature."""
     merchants: MerchantDirectory | None = None
     mo_dispatcher: MoDispatcher | None = None
+    admin_ws_url: str = ""
+    """``ws://HOST:PORT`` of the admin stream; empty when no admin token is configured."""
 
 
 @asynccontextmanager
@@ -116,7 +118,7 @@ async def serve_gateway(
                 attach(store)
         await store.seed_blocklist(configured_blocklist(config.compliance.blocklist))
         metrics = Metrics()
-        bus = EventBus()
+        bus: EventBus = MeteredBus(metrics)
         store.events = bus
         merchants = MerchantDirectory(store)
         handlers = list(handlers)
@@ -167,3 +169,15 @@ async def serve_gateway(
             running.http_port = bound
             log.info("gateway up http=%s channels=%d node=%s", running.http_url, len(channels), dispatcher.node)
             task_status.started(running)
+
+
+async def start_admin(nursery: trio.Nursery, config: Config, running: Running, router: Router) -> str:
+    """Start the admin stream and add the admin page to ``router``; returns the stream's URL."""
+    from admin_ws import AdminServer, admin_routes
+
+    admin = AdminServer(config.admin, store=running.store, bus=running.bus, metrics=running.metrics,
+                        channels=lambda: running.dispatcher.channels)
+    port = await nursery.start(admin.run)
+    admin_routes(router, admin, running.store, running.metrics)
+    host, _ = split_listen(config.admin.listen)
+    return f"ws://{f'[{host}]' if ':' in host else host}:{port}"

@@ -60,8 +60,27 @@ class HttpConfig(_Section):
 
 
 class AdminConfig(_Section):
+    """The admin websocket and page (README "Operations"): off unless a token is set."""
+
     listen: Listen = "127.0.0.1:8081"
     token: str = ""
+    """Admin token: sees live traffic with numbers masked and texts hidden."""
+    privileged_token: str = ""
+    """Privileged admin token: also sees full numbers and message texts."""
+    buffer: Annotated[int, Meta(ge=100, le=1_000_000)] = 10_000
+    """Events a viewer may fall behind before it loses the oldest (and is told how many)."""
+    viewer_rate: Annotated[float, Meta(gt=0)] = 20.0
+    """Event frames a second one viewer is sent at most; beyond it events are dropped, counted."""
+    total_rate: Annotated[float, Meta(gt=0)] = 200.0
+    """Event frames a second all viewers together are sent at most (shared equally). A frame
+    costs the gateway about a quarter of an accepted request; this keeps viewers' share small."""
+    stall_timeout: Seconds = 10.0
+    """A viewer that answers no ping (or whose connection takes no data) for this long is cut off."""
+    max_viewers: Annotated[int, Meta(ge=1, le=10_000)] = 100
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token or self.privileged_token)
 
 
 class DispatcherConfig(_Section):
@@ -219,6 +238,8 @@ def _check(config: Config, source: str) -> Config:
         if repeated:
             raise ConfigError(f"{source}: merchants.{key} must be unique; repeated: {', '.join(repeated)}")
     _check_compliance(config, source)
+    if config.admin.token and config.admin.token == config.admin.privileged_token:
+        raise ConfigError(f"{source}: admin.privileged_token must differ from admin.token")
     for key, value in (("http.listen", config.http.listen), ("admin.listen", config.admin.listen)):
         try:
             split_listen(value)

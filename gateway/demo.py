@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,8 +28,8 @@ from .cmpp.longsms import parse_concat_udh
 from .cmpp.pdus import VERSION_3_0, decode_text
 from .http import Request, Response, Router
 from .text import InvalidNumber, national_or_raw, normalize_msisdn
-from .config import (CmppConfig, Config, DispatcherConfig, HttpConfig, MerchantConfig, ModemConfig, default_config,
-                     split_listen)
+from .config import (AdminConfig, CmppConfig, Config, DispatcherConfig, HttpConfig, MerchantConfig, ModemConfig,
+                     default_config, split_listen)
 from .modem_pool.emulator import HandsetNetwork
 from .sim_modems import DEMO_NUMBERS, SimModem, serve_sim_modems
 from .store import Store
@@ -226,7 +227,8 @@ async def seed_crm_demo(store) -> dict:
     return crm
 
 
-def instructions(running: Running, key: str, modem_numbers: list[str], crm: dict | None = None) -> str:
+def instructions(running: Running, key: str, modem_numbers: list[str], crm: dict | None = None,
+                 admin: str = "") -> str:
     url = running.http_url
     modems = ", ".join(modem_numbers)
     return f"""
@@ -265,6 +267,8 @@ Its commands: 1 join as a member, 2 points, CJ enter the lottery, TD unsubscribe
 
 CRM API (/v1/crm/...) as the owner: Authorization: Bearer {(crm or {}).get("staff", {}).get("owner", {}).get("token", "")}
 
+  curl -s {url}/v1/sim/inbox/13800138000
+{admin}
 Stop with Ctrl-C.
 """
 
@@ -282,6 +286,8 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
             serve_sim_modems, len(DEMO_NUMBERS), numbers=[n for n, _ in DEMO_NUMBERS],
             operators=[op for _, op in DEMO_NUMBERS], network=network))
         config = demo_config(options, ismg_port, modems)
+        admin = demo_admin(options)
+        config = msgspec.structs.replace(config, admin=admin)
         handsets = Handsets(sim, network, {m.number for m in modems})
         running: Running = await nursery.start(functools.partial(
             serve_gateway, config, extra_routes=lambda router, _running: sim_routes(router, handsets)))
@@ -297,8 +303,31 @@ async def serve_demo(options: DemoOptions, *, task_status: trio.TaskStatus[dict[
             "service_number": DEMO_MERCHANT_NUMBER,
             "crm_token": crm["staff"]["owner"]["token"],
             "staff": {role: s["phone"] for role, s in crm["staff"].items()},
+            "admin_token": admin.token,
+            "admin_privileged_token": admin.privileged_token,
+            "admin_ws": running.admin_ws_url,
         }
         if options.ready_file:
             write_ready_file(options.ready_file, info)
-        print(instructions(running, key, [m.number for m in modems], crm), flush=True)
+        print(instructions(running, key, [m.number for m in modems], crm, admin_instructions(running, admin)),
+              flush=True)
         task_status.started(info)
+
+
+# --- the admin page and stream (README "Operations") ---------------------------------------------
+
+
+def demo_admin(options: DemoOptions) -> AdminConfig:
+    """Fresh admin tokens for this run: a plain one (masked view) and a privileged one."""
+    return AdminConfig(listen=options.admin_ws, token=secrets.token_urlsafe(18),
+                       privileged_token=secrets.token_urlsafe(24))
+
+
+def admin_instructions(running: Running, admin: AdminConfig) -> str:
+    return f"""
+Watch it live (tokens are new at each start):
+
+  admin page   {running.http_url}/admin#token={admin.token}
+               (numbers masked; all of it: {running.http_url}/admin#token={admin.privileged_token})
+  admin stream {running.admin_ws_url}/  (Authorization: Bearer <token>, or ?token=)
+"""

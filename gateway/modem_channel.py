@@ -115,6 +115,19 @@ class ModemChannel:
     def capacity(self) -> int:
         return self.pool.capacity()
 
+    def modem_statistics(self) -> dict[str, dict[str, float | str | None]]:
+        """Per modem, for metrics and the admin board: up (0/1), state, rssi (+CSQ, None when
+        unknown), registered (0/1), sent_today, queued, errors (consecutive)."""
+        out: dict[str, dict[str, float | str | None]] = {}
+        for m in self.pool.statistics():
+            out[m.name] = {
+                "up": 1.0 if m.state == "up" else 0.0, "state": str(m.state),
+                "rssi": float(m.rssi) if m.rssi is not None and m.rssi != 99 else None,
+                "registered": 1.0 if m.registered else 0.0, "sent_today": float(m.sent_today),
+                "queued": float(m.queued), "errors": float(m.consecutive_errors),
+            }
+        return out
+
     async def submit(self, message: OutboundMessage) -> None:
         """Hand the message's parts to the pool; waits for a modem with room."""
         alphabet = Alphabet.UCS2 if message.encoding == Encoding.UCS2 else Alphabet.GSM7
