@@ -1151,6 +1151,30 @@ class Store:
             "SELECT id, account_id, service_number, keyword, url, created_at FROM mo_subscriptions"
             " WHERE $1 LIKE service_number || '%' ORDER BY id", number)]
 
+    # -- admin --------------------------------------------------------------------------------
+    # Read-only look-ups for the admin page and stream: queue health, messages by number.
+
+    async def queue_stats(self) -> dict[str, tuple[int, float]]:
+        """Per class (``transactional``, ``marketing``): messages in the outbound queue and the
+        age in seconds of the oldest of them. One indexed join; called once a second at most."""
+        rows = await self.fetch(
+            "SELECT m.class, count(*) AS depth,"
+            "       extract(epoch FROM now() - min(m.created_at))::float8 AS oldest"
+            " FROM outbound_queue q JOIN messages m ON m.id = q.message_id GROUP BY m.class")
+        return {r["class"]: (r["depth"], max(0.0, r["oldest"] or 0.0)) for r in rows}
+
+    async def messages_to(self, dest: str, limit: int = 20) -> list[MessageView]:
+        """The latest ``limit`` messages to ``dest`` (11-digit form), newest first, with history."""
+        ids = [r["id"] for r in await self.fetch(
+            "SELECT id FROM messages WHERE dest = $1 ORDER BY created_at DESC, id DESC LIMIT $2", dest, limit)]
+        views = [await self.message(i) for i in ids]
+        return [v for v in views if v is not None]
+
+    async def account_names(self, ids: Sequence[int]) -> dict[int, str]:
+        """Account names by id, for the admin views."""
+        rows = await self.fetch("SELECT id, name FROM accounts WHERE id = ANY($1::bigint[])", list(ids))
+        return {r["id"]: r["name"] for r in rows}
+
 
 # -- MO and compliance: stored shapes ------------------------------------------------------------
 
@@ -1184,31 +1208,6 @@ class BlockedNumber(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     source: str
     created_at: datetime
-
-    # -- admin --------------------------------------------------------------------------------
-    # Read-only look-ups for the admin page and stream: queue health, messages by number.
-
-    async def queue_stats(self) -> dict[str, tuple[int, float]]:
-        """Per class (``transactional``, ``marketing``): messages in the outbound queue and the
-        age in seconds of the oldest of them. One indexed join; called once a second at most."""
-        rows = await self.fetch(
-            "SELECT m.class, count(*) AS depth,"
-            "       extract(epoch FROM now() - min(m.created_at))::float8 AS oldest"
-            " FROM outbound_queue q JOIN messages m ON m.id = q.message_id GROUP BY m.class")
-        return {r["class"]: (r["depth"], max(0.0, r["oldest"] or 0.0)) for r in rows}
-
-    async def messages_to(self, dest: str, limit: int = 20) -> list[MessageView]:
-        """The latest ``limit`` messages to ``dest`` (11-digit form), newest first, with history."""
-        ids = [r["id"] for r in await self.fetch(
-            "SELECT id FROM messages WHERE dest = $1 ORDER BY created_at DESC, id DESC LIMIT $2", dest, limit)]
-        views = [await self.message(i) for i in ids]
-        return [v for v in views if v is not None]
-
-    async def account_names(self, ids: Sequence[int]) -> dict[int, str]:
-        """Account names by id, for the admin views."""
-        rows = await self.fetch("SELECT id, name FROM accounts WHERE id = ANY($1::bigint[])", list(ids))
-        return {r["id"]: r["name"] for r in rows}
-
 
 class Transaction:
     """Statements on one connection inside :meth:`Store.transaction`."""
