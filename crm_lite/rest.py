@@ -11,7 +11,6 @@ for a custom attribute), 401, 403 ``forbidden``, 404 ``<thing>_not_found``, 409
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from gateway.store import Store
 from . import csvio, members, points
 from .errors import CrmError, InvalidInput, NotFound
 from .profile import STANDARD_FIELDS, AttributeDef, clean_field, clean_profile
+from .restkit import decode
 from .settings import settings_for, update_settings
 from .staff import TOKEN_PREFIX, Forbidden, Permission, Role, Staff, create_staff, hash_token, require, staff_by_id
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 Authenticate = Callable[[Request], Awaitable[Staff]]
 
 _encoder = msgspec.json.Encoder()
-_FIELD_RE = re.compile(r"`\$\.([^`\[]+)(?:\[(\d+)\])?")
-_MISSING_RE = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
 CSV_TYPE = "text/csv; charset=utf-8"
 
 
@@ -161,17 +159,7 @@ def _json(status: int, value: Any) -> Response:
     return Response(status=status, body=_encoder.encode(value))
 
 
-def _decode(body: bytes, kind: type) -> Any:
-    if not body:
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _MISSING_RE.search(text) or _FIELD_RE.search(text)
-        raise ApiError(400, "invalid_field", text, field=m.group(1) if m else None) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
+
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -248,7 +236,7 @@ class MembersApi:
 
     async def patch_settings(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.STAFF_MANAGE)
-        body = _decode(request.body, SettingsBody)
+        body = decode(request.body, SettingsBody)
         return _json(200, await update_settings(
             self.store, actor.merchant_id, join_keyword=body.join_keyword, points_keyword=body.points_keyword,
             lottery_keyword=body.lottery_keyword, points_per_yuan=body.points_per_yuan,
@@ -264,7 +252,7 @@ class MembersApi:
 
     async def create_staff(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.STAFF_MANAGE)
-        body = _decode(request.body, StaffBody)
+        body = decode(request.body, StaffBody)
         phone = clean_field("phone", body.phone)
         if body.approver_id is not None:
             await self._own_staff(actor, body.approver_id, "approver_id")
@@ -286,7 +274,7 @@ class MembersApi:
     async def patch_staff(self, request: Request, *, id: str) -> Response:
         actor = await self.actor(request, Permission.STAFF_MANAGE)
         staff = await self._own_staff(actor, _id(id, "staff"))
-        body = _decode(request.body, StaffPatch)
+        body = decode(request.body, StaffPatch)
         if staff.id == actor.id and (body.active is False or (body.role is not None and body.role != Role.OWNER)):
             raise ApiError(409, "last_owner", "an owner cannot demote or deactivate themselves")
         if body.approver_id is not msgspec.UNSET and body.approver_id is not None:
@@ -318,7 +306,7 @@ class MembersApi:
 
     async def create_attribute(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.MEMBERS_IMPORT)
-        body = _decode(request.body, AttributeBody)
+        body = decode(request.body, AttributeBody)
         defn = await members.define_attribute(self.store, actor.merchant_id, AttributeDef(
             name=body.name, label=body.label, type=body.type, choices=tuple(body.choices)))
         return _json(201, defn)
@@ -331,7 +319,7 @@ class MembersApi:
 
     async def create_group(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.MEMBERS_WRITE)
-        body = _decode(request.body, GroupBody)
+        body = decode(request.body, GroupBody)
         if body.parent_id is not None:
             try:
                 await members.group_chain(self.store, actor.merchant_id, body.parent_id)
@@ -341,7 +329,7 @@ class MembersApi:
 
     async def patch_group(self, request: Request, *, id: str) -> Response:
         actor = await self.actor(request, Permission.MEMBERS_WRITE)
-        body = _decode(request.body, GroupPatch)
+        body = decode(request.body, GroupPatch)
         return _json(200, await members.update_group(self.store, actor.merchant_id, _id(id, "group"),
                                                      name=body.name, parent_id=body.parent_id))
 
@@ -361,7 +349,7 @@ class MembersApi:
 
     async def add_group_members(self, request: Request, *, id: str) -> Response:
         actor = await self.actor(request, Permission.MEMBERS_WRITE)
-        body = _decode(request.body, GroupMembersBody)
+        body = decode(request.body, GroupMembersBody)
         ids = [(await members.member_by_ref(self.store, actor.merchant_id, ref)).id for ref in body.members]
         await members.add_to_group(self.store, actor.merchant_id, _id(id, "group"), ids)
         return _json(200, {"group_id": int(id), "added": sorted(set(ids))})
@@ -412,7 +400,7 @@ class MembersApi:
 
     async def create_member(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.MEMBERS_WRITE)
-        body = _decode(request.body, MemberBody)
+        body = decode(request.body, MemberBody)
         if body.phone is msgspec.UNSET:
             raise ApiError(400, "invalid_field", "phone is required", field="phone")
         profile = await self._profile(actor.merchant_id, body)
@@ -439,7 +427,7 @@ class MembersApi:
     async def patch_member(self, request: Request, *, id: str) -> Response:
         actor = await self.actor(request, Permission.MEMBERS_WRITE)
         member = await members.member_by_ref(self.store, actor.merchant_id, id)
-        body = _decode(request.body, MemberBody)
+        body = decode(request.body, MemberBody)
         profile = await self._profile(actor.merchant_id, body)
         if body.groups is not msgspec.UNSET:
             await self._check_groups(actor.merchant_id, body.groups)
@@ -488,7 +476,7 @@ class MembersApi:
 
     async def purchase(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.POINTS_EARN)
-        body = _decode(request.body, PurchaseBody)
+        body = decode(request.body, PurchaseBody)
         member = await self._target(actor.merchant_id, body.member, body.phone)
         earned = points.points_for_purchase(body.amount_fen, (await settings_for(self.store, actor.merchant_id)).points_per_yuan)
         if earned == 0:
@@ -503,7 +491,7 @@ class MembersApi:
 
     async def redeem(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.POINTS_REDEEM)
-        body = _decode(request.body, PointsBody)
+        body = decode(request.body, PointsBody)
         if body.points <= 0:
             raise ApiError(400, "invalid_field", "points to redeem must be a positive whole number", field="points")
         member = await self._target(actor.merchant_id, body.member, body.phone)
@@ -513,7 +501,7 @@ class MembersApi:
 
     async def adjust(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.POINTS_ADJUST)
-        body = _decode(request.body, PointsBody)
+        body = decode(request.body, PointsBody)
         if body.points == 0:
             raise ApiError(400, "invalid_field", "an adjustment moves a non-zero number of points", field="points")
         member = await self._target(actor.merchant_id, body.member, body.phone)
@@ -523,7 +511,7 @@ class MembersApi:
 
     async def expire(self, request: Request) -> Response:
         actor = await self.actor(request, Permission.POINTS_ADJUST)
-        body = _decode(request.body or b"{}", ExpireBody)
+        body = decode(request.body or b"{}", ExpireBody)
         days = body.days or (await settings_for(self.store, actor.merchant_id)).points_expire_days
         if days is None:
             raise ApiError(400, "invalid_field", "points never expire for this merchant; set points_expire_days"

@@ -294,41 +294,6 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
     return results  # type: ignore[return-value]
 
 
-_CLAIM = """
-WITH c AS (
-    SELECT q.message_id FROM outbound_queue q
-    WHERE q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
-    ORDER BY q.priority DESC, q.message_id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE outbound_queue q
-SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
-FROM c, messages m
-WHERE q.message_id = c.message_id AND m.id = q.message_id
-RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
-          m.class, m.sender, m.expires_at, q.attempts
-"""
-
-_CLAIM_TRANSACTIONAL = """
-WITH c AS (
-    SELECT q.message_id FROM outbound_queue q JOIN messages mm ON mm.id = q.message_id
-    WHERE mm.class <> 'marketing'
-      AND q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
-    ORDER BY q.priority DESC, q.message_id
-    LIMIT $1
-    FOR UPDATE OF q SKIP LOCKED
-)
-UPDATE outbound_queue q
-SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
-FROM c, messages m
-WHERE q.message_id = c.message_id AND m.id = q.message_id
-RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
-          m.class, m.sender, m.expires_at, q.attempts
-"""
-"""The claim during quiet hours: marketing messages stay in the queue."""
-
-
 # -- routing (migration 0005) -----------------------------------------------------------------
 
 _CLAIM_ROUTABLE = """
@@ -776,31 +741,7 @@ class Store:
         that runs out makes the message claimable again, so a node that dies loses nothing.
         With ``marketing=False`` (quiet hours) marketing messages are left in the queue.
         """
-        rows = await self.fetch(_CLAIM if marketing else _CLAIM_TRANSACTIONAL, limit, node, lease)
-        out = []
-        for r in rows:
-            segments = plan(r["body"], max_parts=255)
-            out.append(OutboundMessage(
-                id=r["id"], account_id=r["account_id"], dest=r["dest"], operator=r["operator"],
-                encoding=r["encoding"], parts=tuple(segments.parts), priority=r["priority"],
-                msg_class=r["class"], sender=r["sender"], expires_at=r["expires_at"],
-                attempts=r["attempts"],
-            ))
-        out.sort(key=lambda m: (-m.priority, m.id))
-        return out
-
-    async def release(self, message_ids: Sequence[int], delay: float = 0.0, *,
-                      backoff: Sequence[float] = ()) -> None:
-        """Give claimed messages back to the queue, due again after ``delay`` seconds, or,
-        with ``backoff``, after ``backoff[attempts - 1]`` (the last entry once past the end)."""
-        if message_ids:
-            await self.execute(
-                "UPDATE outbound_queue SET leased_by = NULL, lease_until = NULL,"
-                " not_before = now() + make_interval(secs => CASE WHEN cardinality($3::float8[]) = 0 THEN $2"
-                "   ELSE ($3::float8[])[least(greatest(attempts, 1), cardinality($3::float8[]))] END)"
-                " WHERE message_id = ANY($1::bigint[])",
-                list(message_ids), delay, list(backoff),
-            )
+        return [m for m, _ in await self.claim_routable(node, limit, lease, marketing=marketing)]
 
     async def queue_depth(self) -> int:
         return await self.fetchval("SELECT count(*) FROM outbound_queue")

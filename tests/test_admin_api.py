@@ -18,7 +18,7 @@ CONFIG_ROUTES = [RouteRule(name="cmcc", operators=["cmcc"], channels=["a"])]
 
 async def start(nursery, database_url, *, token=TOKEN, routes=CONFIG_ROUTES, node="n1"):
     chans = [ScriptedChannel("a", ("cmcc",)), ScriptedChannel("b", ("cmcc", "cucc"))]
-    gw = await start_gateway(nursery, database_url, channels=chans, admin=AdminConfig(token=token),
+    gw = await start_gateway(nursery, database_url, channels=chans, admin=AdminConfig(listen="127.0.0.1:0", token=token),
                              routes=routes, dispatcher=DispatcherConfig(quiet_hours="", node_id=node))
     return gw, chans
 
