@@ -743,6 +743,19 @@ class Store:
         """
         return [m for m, _ in await self.claim_routable(node, limit, lease, marketing=marketing)]
 
+    async def release(self, message_ids: Sequence[int], delay: float = 0.0, *,
+                      backoff: Sequence[float] = ()) -> None:
+        """Give claimed messages back to the queue, due again after ``delay`` seconds, or,
+        with ``backoff``, after ``backoff[attempts - 1]`` (the last entry once past the end)."""
+        if message_ids:
+            await self.execute(
+                "UPDATE outbound_queue SET leased_by = NULL, lease_until = NULL,"
+                " not_before = now() + make_interval(secs => CASE WHEN cardinality($3::float8[]) = 0 THEN $2"
+                "   ELSE ($3::float8[])[least(greatest(attempts, 1), cardinality($3::float8[]))] END)"
+                " WHERE message_id = ANY($1::bigint[])",
+                list(message_ids), delay, list(backoff),
+            )
+
     async def queue_depth(self) -> int:
         return await self.fetchval("SELECT count(*) FROM outbound_queue")
 
