@@ -296,28 +296,10 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
 
 # -- routing (migration 0005) -----------------------------------------------------------------
 
-_CLAIM_ROUTABLE = """
+_CLAIM_TEMPLATE = """
 WITH c AS (
-    SELECT q.message_id FROM outbound_queue q
-    WHERE q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
-    ORDER BY q.priority DESC, q.message_id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE outbound_queue q
-SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
-FROM c, messages m
-WHERE q.message_id = c.message_id AND m.id = q.message_id
-RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
-          m.class, m.sender, m.expires_at, q.attempts, q.last_channel
-"""
-"""The claim (highest priority first), returning each message's ``last_channel`` too."""
-
-_CLAIM_ROUTABLE_TRANSACTIONAL = """
-WITH c AS (
-    SELECT q.message_id FROM outbound_queue q JOIN messages mm ON mm.id = q.message_id
-    WHERE mm.class <> 'marketing'
-      AND q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
+    SELECT q.message_id FROM outbound_queue q {join}
+    WHERE {only} q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
     ORDER BY q.priority DESC, q.message_id
     LIMIT $1
     FOR UPDATE OF q SKIP LOCKED
@@ -329,6 +311,11 @@ WHERE q.message_id = c.message_id AND m.id = q.message_id
 RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
           m.class, m.sender, m.expires_at, q.attempts, q.last_channel
 """
+_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(join="", only="")
+"""The claim (highest priority first), returning each message's ``last_channel`` too."""
+_CLAIM_ROUTABLE_TRANSACTIONAL = _CLAIM_TEMPLATE.format(join="JOIN messages mm ON mm.id = q.message_id",
+                                                       only="mm.class <> 'marketing' AND")
+"""The same during quiet hours: marketing messages stay in the queue."""
 """The same during quiet hours: marketing messages stay in the queue."""
 
 _RETRY_LATER = """
