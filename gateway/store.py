@@ -316,7 +316,6 @@ _CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(join="", only="")
 _CLAIM_ROUTABLE_TRANSACTIONAL = _CLAIM_TEMPLATE.format(join="JOIN messages mm ON mm.id = q.message_id",
                                                        only="mm.class <> 'marketing' AND")
 """The same during quiet hours: marketing messages stay in the queue."""
-"""The same during quiet hours: marketing messages stay in the queue."""
 
 _RETRY_LATER = """
 UPDATE outbound_queue q SET leased_by = NULL, lease_until = NULL, last_channel = t.channel,
