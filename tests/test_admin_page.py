@@ -96,7 +96,8 @@ async def test_admin_page_shows_live_traffic_and_history_in_a_real_browser(nurse
             # the page loads, takes the token from the fragment, and the stream goes live
             assert await cdp.wait_for("document.querySelector('#conn').textContent === 'live'")
             assert await cdp.evaluate("location.hash") == "", "the token is taken out of the address bar"
-            assert "numbers masked" in await cdp.evaluate("document.querySelector('#privilege').textContent")
+            # the snapshot frame follows the open; it says what this token may see
+            assert "numbers masked" in await cdp.wait_for("document.querySelector('#privilege').textContent")
             board = await cdp.wait_for(
                 "document.querySelector('#board').innerText.includes('cmcc-demo') &&"
                 " document.querySelector('#board').innerText")
