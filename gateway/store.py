@@ -297,25 +297,51 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
 # -- routing (migration 0005) -----------------------------------------------------------------
 
 _CLAIM_TEMPLATE = """
-WITH c AS (
-    SELECT q.message_id FROM outbound_queue q {join}
-    WHERE {only} q.not_before <= now() AND (q.lease_until IS NULL OR q.lease_until < now())
+WITH free AS (
+    SELECT q.message_id, q.priority FROM outbound_queue q
+    WHERE q.leased_by IS NULL AND q.not_before <= now() {only}
     ORDER BY q.priority DESC, q.message_id
     LIMIT $1
-    FOR UPDATE OF q SKIP LOCKED
+    FOR UPDATE SKIP LOCKED
+),
+lapsed AS (
+    SELECT q.message_id, q.priority FROM outbound_queue q
+    WHERE q.leased_by IS NOT NULL AND q.lease_until < now() {only}
+    ORDER BY q.priority DESC, q.message_id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+),
+c AS (
+    SELECT message_id FROM (SELECT * FROM free UNION ALL SELECT * FROM lapsed) x
+    ORDER BY priority DESC, message_id
+    LIMIT $1
+),
+u AS (
+    UPDATE outbound_queue q
+    SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
+    WHERE q.message_id = ANY(ARRAY(SELECT message_id FROM c))
+    RETURNING q.message_id, q.attempts, q.last_channel
 )
-UPDATE outbound_queue q
-SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
-FROM c, messages m
-WHERE q.message_id = c.message_id AND m.id = q.message_id
-RETURNING m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
-          m.class, m.sender, m.expires_at, q.attempts, q.last_channel
+SELECT m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
+       m.class, m.sender, m.expires_at, u.attempts, u.last_channel
+FROM u CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.id = u.message_id OFFSET 0) m
 """
-_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(join="", only="")
+# Free rows come from the partial index ``outbound_queue_ready`` in the claim's order, so rows
+# leased by a dispatcher (in flight) are never read; leases that ran out (a node died) from
+# ``outbound_queue_leased``, normally empty. The claimed rows and their messages are then
+# fetched by primary key (``= ANY(ARRAY(...))`` and a LATERAL lookup that the planner cannot
+# turn into a hash join over the whole table), whatever the queue's depth (migration 0011).
+_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(only="")
 """The claim (highest priority first), returning each message's ``last_channel`` too."""
-_CLAIM_ROUTABLE_TRANSACTIONAL = _CLAIM_TEMPLATE.format(join="JOIN messages mm ON mm.id = q.message_id",
-                                                       only="mm.class <> 'marketing' AND")
+_CLAIM_ROUTABLE_TRANSACTIONAL = _CLAIM_TEMPLATE.format(
+    only="AND (SELECT mm.class FROM messages mm WHERE mm.id = q.message_id) <> 'marketing'")
 """The same during quiet hours: marketing messages stay in the queue."""
+
+
+def claim_statement(marketing: bool = True) -> str:
+    """The claim statement (``$1`` limit, ``$2`` node, ``$3`` lease seconds), for operators'
+    ``EXPLAIN`` and the claim benchmark; without ``marketing``, the quiet-hours one."""
+    return _CLAIM_ROUTABLE if marketing else _CLAIM_ROUTABLE_TRANSACTIONAL
 
 _RETRY_LATER = """
 UPDATE outbound_queue q SET leased_by = NULL, lease_until = NULL, last_channel = t.channel,
