@@ -420,6 +420,10 @@ k AS (
 e AS (
     INSERT INTO message_events (message_id, status, detail)
     SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id
+),
+q AS (
+    -- A final state takes the message out of the queue, in the same statement.
+    DELETE FROM outbound_queue WHERE message_id IN (SELECT u.id FROM u WHERE u.status = ANY($6::text[]))
 )
 SELECT u.id, u.status, u.account_id, u.dest, u.channel, u.parts, u.class, u.error_code, t.detail
 FROM u JOIN t ON t.id = u.id
@@ -432,118 +436,204 @@ async def _aio_set_status(
 ) -> set[int]:
     """Move messages to a status (never out of a final one); returns the ids that moved.
 
-    With a ``sink``, each transition that happened is appended to it as an :class:`MtEvent`."""
+    One statement (atomic on its own, so ``conn`` may be a pool): the messages, their history,
+    their webhooks and, for final states, their queue rows. With a ``sink``, each transition
+    that happened is appended to it as an :class:`MtEvent`."""
     if not rows:
         return set()
     cols = list(zip(*rows))
     moved = await conn.fetch(_SET_STATUS, *[list(c) for c in cols], _FINAL)
-    if sink is not None:
+    _sink_rows(sink, moved)
+    return {r[0] for r in moved}
+
+
+def _sink_rows(sink: list[MtEvent] | None, moved: Sequence[Any]) -> None:
+    """Transitions returned as (id, status, account_id, dest, channel, parts, class,
+    error_code, detail) rows, as :class:`MtEvent` values into ``sink`` (when there is one)."""
+    if sink is not None and moved:
         at = events_now()
         sink.extend(MtEvent(id=r[0], status=r[1], account_id=r[2], to=r[3], channel=r[4] or "", parts=r[5],
                             msg_class=r[6], error_code=r[7] or "", detail=r[8], at=at) for r in moved)
-    finals = {r[0] for r in rows if r[1] in _FINAL}
-    final_ids = [r[0] for r in moved if r[0] in finals]
-    if final_ids:
-        await conn.execute("DELETE FROM outbound_queue WHERE message_id = ANY($1::bigint[])", final_ids)
-    return {r[0] for r in moved}
+
+
+_SUBMITTED = """
+WITH r AS (
+    INSERT INTO message_refs (channel, ref, message_id, part)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[])
+    ON CONFLICT (channel, ref) DO UPDATE SET message_id = EXCLUDED.message_id,
+        part = EXCLUDED.part, status = 'submitted', created_at = now()
+),
+c AS (SELECT * FROM unnest($5::bigint[], $6::int[], $7::text[]) AS c(id, n, channel)),
+o AS MATERIALIZED (
+    -- Each message's status before this statement, its row locked (in id order) until commit.
+    SELECT m.id, m.status AS was FROM messages m WHERE m.id = ANY($5::bigint[]) ORDER BY m.id FOR UPDATE
+),
+u AS (
+    UPDATE messages m SET
+        parts_submitted = least(m.parts, m.parts_submitted + c.n),
+        status = CASE WHEN o.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
+                      THEN 'submitted' ELSE m.status END,
+        channel = CASE WHEN o.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
+                       THEN c.channel ELSE m.channel END,
+        updated_at = now()
+    FROM c JOIN o ON o.id = c.id
+    WHERE m.id = c.id
+    RETURNING m.id, m.status, o.was, m.dlr_url, m.dlr_mask, m.updated_at, m.account_id, m.dest, m.channel,
+              m.parts, m.class, m.error_code
+),
+v AS (SELECT * FROM u WHERE u.was IN ('accepted', 'queued') AND u.status = 'submitted'),
+k AS (
+    -- Kannel's dlr-mask bit 8: submitted to the SMSC.
+    INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
+    SELECT v.id, v.dlr_url, 'kannel', 8, v.status, v.updated_at FROM v
+    WHERE v.dlr_url IS NOT NULL AND (v.dlr_mask & 8) <> 0
+),
+e AS (INSERT INTO message_events (message_id, status, detail) SELECT v.id, 'submitted', 'channel=' || v.channel FROM v),
+q AS (DELETE FROM outbound_queue WHERE message_id IN (SELECT v.id FROM v))
+SELECT v.id, v.status, v.account_id, v.dest, v.channel, v.parts, v.class, v.error_code, 'channel=' || v.channel
+FROM v ORDER BY v.id
+"""
 
 
 async def _aio_submitted(
     pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str]], sink: list[MtEvent] | None = None,
 ) -> list[int]:
-    """Record submitted parts (channel, message_id, part, ref); returns fully submitted ids."""
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await conn.executemany(
-                "INSERT INTO message_refs (channel, ref, message_id, part) VALUES ($1, $4, $2, $3)"
-                " ON CONFLICT (channel, ref) DO UPDATE SET message_id = EXCLUDED.message_id,"
-                " part = EXCLUDED.part, status = 'submitted', created_at = now()",
-                items,
-            )
-            rows = await conn.fetch(
-                """
-                WITH c AS (SELECT message_id, count(*) AS n FROM unnest($1::bigint[]) AS u(message_id)
-                           GROUP BY message_id)
-                UPDATE messages m SET parts_submitted = least(m.parts, m.parts_submitted + c.n),
-                                      updated_at = now()
-                FROM c WHERE m.id = c.message_id
-                RETURNING m.id, m.parts_submitted = m.parts AS complete, m.status
-                """,
-                [i[1] for i in items],
-            )
-            complete = [r["id"] for r in rows if r["complete"] and r["status"] in ("accepted", "queued")]
-            channel_of = {i[1]: i[0] for i in items}
-            await _aio_set_status(
-                conn, [(mid, "submitted", channel_of[mid], None, f"channel={channel_of[mid]}") for mid in complete],
-                sink)
-            if complete:
-                await conn.execute("DELETE FROM outbound_queue WHERE message_id = ANY($1::bigint[])", complete)
-            return complete
+    """Record submitted parts (channel, message_id, part, ref); returns fully submitted ids.
+
+    One statement, so one round trip and atomic: the parts' refs (a ref seen again points at
+    its latest part), the messages' part counts, and for each message now fully submitted its
+    ``submitted`` status on the channel of its last part, history row, Kannel DLR and removal
+    from the queue. Final states stay final (their parts are still counted)."""
+    refs: dict[tuple[str, str], tuple[int, int]] = {}
+    counts: dict[int, list[Any]] = {}
+    for channel, message_id, part, ref in items:
+        refs[(channel, ref)] = (message_id, part)
+        entry = counts.get(message_id)
+        if entry is None:
+            counts[message_id] = [1, channel]
+        else:
+            entry[0] += 1
+            entry[1] = channel
+    keys = list(refs)
+    values = list(refs.values())
+    rows = await pool.fetch(
+        _SUBMITTED, [k[0] for k in keys], [k[1] for k in keys], [v[0] for v in values], [v[1] for v in values],
+        list(counts), [c[0] for c in counts.values()], [c[1] for c in counts.values()])
+    _sink_rows(sink, rows)
+    return [r[0] for r in rows]
+
+
+_REPORTS = """
+WITH t AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+                  AS t(channel, ref, status, error_code, n)
+),
+r AS (
+    -- Each ref reported for the first time; a ref named twice in the batch is updated once.
+    UPDATE message_refs r SET status = t.status
+    FROM t WHERE r.channel = t.channel AND r.ref = t.ref AND r.status = 'submitted'
+    RETURNING r.channel, r.ref, r.message_id, t.status, t.error_code, t.n
+),
+known AS (
+    -- Refs reported before: a duplicate report. Read in the statement's snapshot, the one the
+    -- UPDATE above used: a ref committed after it began is in neither, so its report stays
+    -- unmatched (held and retried), never taken for a duplicate.
+    SELECT k.channel, k.ref, k.message_id FROM message_refs k JOIN t ON k.channel = t.channel AND k.ref = t.ref
+    WHERE k.status <> 'submitted'
+),
+d AS (
+    -- Per message: parts delivered now, and the first failure reported (in batch order).
+    SELECT r.message_id AS id, count(*) FILTER (WHERE r.status = 'delivered') AS delivered,
+           (array_agg(r.status ORDER BY r.n) FILTER (WHERE r.status <> 'delivered'))[1] AS failed,
+           (array_agg(r.error_code ORDER BY r.n) FILTER (WHERE r.status <> 'delivered'))[1] AS code
+    FROM r GROUP BY r.message_id
+),
+o AS MATERIALIZED (
+    -- Each message's status before this statement, its row locked (in id order) until commit.
+    SELECT m.id, m.status AS was FROM messages m WHERE m.id IN (SELECT d.id FROM d) ORDER BY m.id FOR UPDATE
+),
+u AS (
+    UPDATE messages m SET
+        parts_delivered = least(m.parts, m.parts_delivered + d.delivered),
+        status = CASE WHEN o.was = ANY($5::text[]) THEN m.status
+                      WHEN d.failed IS NOT NULL THEN d.failed
+                      WHEN m.parts_delivered + d.delivered >= m.parts THEN 'delivered'
+                      ELSE m.status END,
+        error_code = CASE WHEN o.was <> ALL($5::text[]) AND d.failed IS NOT NULL
+                          THEN coalesce(nullif(d.code, ''), m.error_code) ELSE m.error_code END,
+        updated_at = CASE WHEN o.was <> ALL($5::text[])
+                               AND (d.failed IS NOT NULL OR m.parts_delivered + d.delivered >= m.parts)
+                          THEN now() ELSE m.updated_at END
+    FROM d JOIN o ON o.id = d.id
+    WHERE m.id = d.id
+    RETURNING m.id, m.status, o.was, d.failed, d.code, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at,
+              m.account_id, m.dest, m.channel, m.parts, m.class, m.error_code
+),
+v AS (
+    SELECT u.*, CASE WHEN u.failed IS NULL THEN 'all parts delivered'
+                     ELSE 'report stat=' || coalesce(nullif(u.code, ''), u.failed) END AS detail
+    FROM u WHERE u.was <> ALL($5::text[]) AND u.status = ANY($5::text[])
+),
+w AS (
+    INSERT INTO webhook_outbox (message_id, url, kind, event_status, event_at)
+    SELECT v.id, v.callback_url, 'webhook', v.status, v.updated_at FROM v WHERE v.callback_url IS NOT NULL
+),
+k AS (
+    -- Kannel's dlr-mask bits: 1 delivered, 2 failed, 16 rejected by the SMSC.
+    INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
+    SELECT v.id, v.dlr_url, 'kannel', b.bit, v.status, v.updated_at
+    FROM v CROSS JOIN LATERAL (SELECT CASE v.status WHEN 'delivered' THEN 1 WHEN 'rejected' THEN 16
+                                                    ELSE 2 END AS bit) b
+    WHERE v.dlr_url IS NOT NULL AND (v.dlr_mask & b.bit) <> 0
+),
+e AS (INSERT INTO message_events (message_id, status, detail) SELECT v.id, v.status, v.detail FROM v),
+q AS (DELETE FROM outbound_queue WHERE message_id IN (SELECT v.id FROM v))
+SELECT 'applied' AS kind, r.channel, r.ref, r.message_id AS id, r.status, NULL::bigint AS account_id,
+       NULL::text AS dest, NULL::smallint AS parts, NULL::text AS class, NULL::text AS error_code,
+       NULL::text AS detail FROM r
+UNION ALL
+SELECT 'known', k.channel, k.ref, k.message_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM known k
+UNION ALL
+SELECT 'moved', v.channel, NULL, v.id, v.status, v.account_id, v.dest, v.parts, v.class, v.error_code, v.detail
+FROM v
+"""
 
 
 async def _aio_reports(
     pool: asyncpg.Pool, reports: Sequence[tuple[str, str, str, str]], sink: list[MtEvent] | None = None,
 ) -> list[ReportOutcome]:
-    """Apply delivery reports (channel, ref, status, error_code) in one transaction."""
+    """Apply delivery reports (channel, ref, status, error_code) in one statement (one round
+    trip, atomic): the refs, the messages' delivered parts, and each message's final state
+    (the first failure reported, or ``delivered`` once every part is) with its history,
+    webhooks and removal from the queue. Returns one outcome per report, in order."""
+    rows = await pool.fetch(_REPORTS, [r[0] for r in reports], [r[1] for r in reports],
+                            [r[2] for r in reports], [r[3] for r in reports], _FINAL)
+    by_ref: dict[tuple[str, str], int] = {}
+    known_refs: dict[tuple[str, str], int] = {}
+    moved = []
+    for row in rows:
+        kind = row[0]
+        if kind == "applied":
+            by_ref[(row[1], row[2])] = row[3]
+        elif kind == "known":
+            known_refs[(row[1], row[2])] = row[3]
+        else:
+            moved.append((row[3], row[4], row[5], row[6], row[1], row[7], row[8], row[9], row[10]))
+    moved.sort()
+    _sink_rows(sink, moved)
     outcomes: list[ReportOutcome] = []
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            refs = await conn.fetch(
-                """
-                UPDATE message_refs r SET status = t.status
-                FROM unnest($1::text[], $2::text[], $3::text[]) AS t(channel, ref, status)
-                WHERE r.channel = t.channel AND r.ref = t.ref AND r.status = 'submitted'
-                RETURNING r.channel, r.ref, r.message_id
-                """,
-                [r[0] for r in reports], [r[1] for r in reports], [r[2] for r in reports],
-            )
-            by_ref = {(r["channel"], r["ref"]): r["message_id"] for r in refs}
-            # A report for a ref already reported (a duplicate report) matches but changes nothing.
-            # Only a ref whose report was applied is such a duplicate: a ref still 'submitted' here
-            # was committed after the UPDATE above took its snapshot (read committed: each
-            # statement sees what was committed when it began), so this report was *not* applied
-            # and must stay unmatched, to be held and retried.
-            known = await conn.fetch(
-                "SELECT channel, ref, message_id FROM message_refs"
-                " WHERE (channel, ref) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-                " AND status <> 'submitted'",
-                [r[0] for r in reports], [r[1] for r in reports],
-            )
-            known_refs = {(r["channel"], r["ref"]): r["message_id"] for r in known}
-            delivered: dict[int, int] = {}
-            failed: dict[int, tuple[str, str, str]] = {}
-            applied: set[tuple[str, str]] = set()
-            for channel, ref, status, error_code in reports:
-                mid = by_ref.get((channel, ref))
-                if mid is not None and (channel, ref) in applied:
-                    # The same ref twice in one batch: its row was updated once; count it once.
-                    outcomes.append(ReportOutcome(matched=True, message_id=mid))
-                    continue
-                if mid is None:
-                    outcomes.append(ReportOutcome(matched=(channel, ref) in known_refs,
-                                                  message_id=known_refs.get((channel, ref))))
-                    continue
-                applied.add((channel, ref))
-                if status == Status.DELIVERED:
-                    delivered[mid] = delivered.get(mid, 0) + 1
-                else:
-                    failed.setdefault(mid, (status, error_code, channel))
-                outcomes.append(ReportOutcome(matched=True, message_id=mid, status=status))
-            changes: list[tuple[int, str, str | None, str | None, str]] = []
-            if delivered:
-                rows = await conn.fetch(
-                    """
-                    UPDATE messages m SET parts_delivered = least(m.parts, m.parts_delivered + d.n)
-                    FROM unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE m.id = d.id
-                    RETURNING m.id, m.parts_delivered = m.parts AS complete
-                    """,
-                    list(delivered), list(delivered.values()),
-                )
-                changes += [(r["id"], "delivered", None, None, "all parts delivered")
-                            for r in rows if r["complete"] and r["id"] not in failed]
-            changes += [(mid, st, None, code or None, f"report stat={code or st}")
-                        for mid, (st, code, _ch) in failed.items()]
-            await _aio_set_status(conn, changes, sink)
+    applied: set[tuple[str, str]] = set()
+    for channel, ref, status, _code in reports:
+        key = (channel, ref)
+        mid = by_ref.get(key)
+        if mid is None:
+            outcomes.append(ReportOutcome(matched=key in known_refs, message_id=known_refs.get(key)))
+        elif key in applied:
+            # The same ref twice in one batch: its row was updated once; count it once.
+            outcomes.append(ReportOutcome(matched=True, message_id=mid))
+        else:
+            applied.add(key)
+            outcomes.append(ReportOutcome(matched=True, message_id=mid, status=status))
     return outcomes
 
 
@@ -774,13 +864,8 @@ class Store:
     async def set_status(self, rows: Sequence[tuple[int, Status, str | None, str | None, str]]) -> set[int]:
         """(message_id, status, channel, error_code, detail) each; final states are final."""
         sink = self._sink()
-
-        async def run(pool: asyncpg.Pool) -> set[int]:
-            async with pool.acquire() as conn:
-                async with conn.transaction():
-                    return await _aio_set_status(conn, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows], sink)
-
-        moved = await self._call(run, self._pool)
+        # One statement: atomic without a transaction block around it.
+        moved = await self._call(_aio_set_status, self._pool, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows], sink)
         self._emit(sink)
         return moved
 
@@ -822,17 +907,13 @@ class Store:
         """:meth:`claim`, with each message's ``last_channel`` (the channel whose transient
         failure sent it back to the queue, or None)."""
         rows = await self.fetch(_CLAIM_ROUTABLE if marketing else _CLAIM_ROUTABLE_TRANSACTIONAL, limit, node, lease)
-        out = []
-        for r in rows:
-            segments = plan(r["body"], max_parts=255)
-            out.append((OutboundMessage(
-                id=r["id"], account_id=r["account_id"], dest=r["dest"], operator=r["operator"],
-                encoding=r["encoding"], parts=tuple(segments.parts), priority=r["priority"],
-                msg_class=r["class"], sender=r["sender"], expires_at=r["expires_at"],
-                attempts=r["attempts"],
-            ), r["last_channel"]))
-        out.sort(key=lambda x: (-x[0].priority, x[0].id))
-        return out
+        rows.sort(key=lambda r: (-r[7], r[0]))  # priority, then id: the claim's order
+        return [(OutboundMessage(
+            id=mid, account_id=account_id, dest=dest, operator=operator, encoding=encoding,
+            parts=_parts(body, parts), priority=priority, msg_class=msg_class, sender=sender,
+            expires_at=expires_at, attempts=attempts,
+        ), last_channel) for (mid, account_id, dest, operator, body, encoding, parts, priority, msg_class, sender,
+                              expires_at, attempts, last_channel) in rows]
 
     async def retry_later(self, failures: Sequence[tuple[int, str, str | None, str]],
                           backoff: Sequence[float]) -> set[int]:
@@ -876,6 +957,12 @@ class Store:
         after ``unroutable_delay``. Returns (ids moved by ``rows``, held id → wait seconds).
         """
         sink = self._sink()
+        if not unroutable and not (recipients and decide is not None):
+            # The common case, one statement: atomic without a transaction block around it.
+            moved = await self._call(_aio_set_status, self._pool,
+                                     [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows], sink)
+            self._emit(sink)
+            return moved, {}
 
         async def run(pool: asyncpg.Pool) -> tuple[set[int], dict[int, float]]:
             async with pool.acquire() as conn:
@@ -1175,6 +1262,15 @@ class BlockedNumber(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     created_at: datetime
 
+def _parts(body: str, parts: int) -> tuple[str, ...]:
+    """The parts a claimed text goes out in. A text stored as one part is its own plan (the
+    intake planned it so: :func:`~gateway.text.plan` returns a fitting text whole); only a
+    long text is cut again, with the same rules as at acceptance."""
+    if parts == 1:
+        return (body,)
+    return plan(body, max_parts=255).parts
+
+
 class Transaction:
     """Statements on one connection inside :meth:`Store.transaction`."""
 
@@ -1198,13 +1294,24 @@ class Transaction:
         return await self._store._call(self._conn.fetchval, sql, *args)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection going back to the pool keeps its session as it is.
+
+    asyncpg has already ended any transaction left open (``ROLLBACK``) and dropped its
+    listeners; its default reset would add a round trip per use of the pool (advisory
+    unlock, ``CLOSE ALL``, ``UNLISTEN *``, ``RESET ALL``) for session state the store never
+    creates: it takes only transaction-scoped advisory locks, declares no cursor outside a
+    transaction, listens to nothing and sets no session variable.
+    """
+
+
 @asynccontextmanager
 async def open_store(url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> AsyncIterator[Store]:
     """A connection pool to ``url``; the caller has entered ``trio_asyncio.open_loop()``."""
     try:
         pool = await aio_as_trio(asyncpg.create_pool)(
             dsn=url, min_size=min(2, pool_size), max_size=pool_size, timeout=connect_timeout,
-            command_timeout=60, server_settings={"application_name": "smsgw"},
+            command_timeout=60, server_settings={"application_name": "smsgw"}, reset=_keep_session,
         )
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise _translate(exc) from exc
