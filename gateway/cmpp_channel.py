@@ -176,7 +176,10 @@ class CmppChannel:
             )
             if len(parts) > 1:
                 self._long_parts[request.ref] = (request, link, 0)
-            await link.submit(request)
+            try:  # no scheduler round trip while the link's input queue has room
+                link.submit_nowait(request)
+            except trio.WouldBlock:
+                await link.submit(request)
 
     async def run(self, events: trio.MemorySendChannel[ChannelEvent], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -185,16 +188,27 @@ class CmppChannel:
                 await nursery.start(link.run)
             self._nursery = nursery
             task_status.started()
-            async for event in self._receive:
-                if self._long_parts and isinstance(event, (SubmitAcked, SubmitRejected)):
-                    if self._part_retried(event):
-                        continue
-                out = self._translate(event)
-                if out is not None:
-                    try:  # no scheduler round trip while the dispatcher's buffer has room
-                        events.send_nowait(out)
-                    except trio.WouldBlock:
-                        await events.send(out)
+            while True:
+                # One wake-up takes every link event already buffered (at most its size).
+                try:
+                    pending = [await self._receive.receive()]
+                except trio.EndOfChannel:
+                    break
+                while len(pending) < LINK_EVENT_BUFFER:
+                    try:
+                        pending.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                for event in pending:
+                    if self._long_parts and isinstance(event, (SubmitAcked, SubmitRejected)):
+                        if self._part_retried(event):
+                            continue
+                    out = self._translate(event)
+                    if out is not None:
+                        try:  # no scheduler round trip while the dispatcher's buffer has room
+                            events.send_nowait(out)
+                        except trio.WouldBlock:
+                            await events.send(out)
 
     def _part_retried(self, event: SubmitAcked | SubmitRejected) -> bool:
         """Forget an acknowledged part; retry a transiently rejected one (True) while it may."""

@@ -62,7 +62,8 @@ EVENT_BUFFER = 10_000
 EVENT_BATCH = 1_000
 """Events written in one transaction at most."""
 EVENT_LINGER = 0.005
-"""Seconds the event loop waits for more events to fill a batch."""
+"""Seconds the event loop waits for more events to fill a batch (one sleep a batch: the
+events that arrive meanwhile wait in the buffer and are taken at once)."""
 GRACE_PERIOD = 120.0
 """Seconds an unmatched delivery report is retried before it is logged as unmatched."""
 GRACE_MAX = 100_000
@@ -116,6 +117,7 @@ class Dispatcher:
         self._quiet_was = False
         self._quiet_next_event = 0.0
         self._saturated: set[str] = set()
+        self._message_counters: dict[tuple[str, str], object] = {}
 
     def wake(self) -> None:
         """New work was queued: claim now rather than at the next poll."""
@@ -233,8 +235,7 @@ class Dispatcher:
                 # Compliance (unsubscribed, blocklisted, ...): the message ends ``rejected``.
                 await self._store.set_status([(mid, Status.REJECTED, None, code, f"rejected: {code}")
                                               for mid, code in refused.items()])
-                for _ in refused:
-                    self._metrics.messages.labels("rejected", "").inc()
+                self._message_counter("rejected", "").inc(len(refused))
                 claimed = [m for m in claimed if m.id not in refused]
         now = datetime.now(timezone.utc)
         expired = [m for m in claimed if m.expires_at <= now]
@@ -269,14 +270,14 @@ class Dispatcher:
         except StoreError as exc:
             log.warning("dispatch bookkeeping failed; leases will expire and the messages be reclaimed: %s", exc)
             return
-        for m in expired:
-            self._metrics.messages.labels("expired", "").inc()
+        if expired:
+            self._message_counter("expired", "").inc(len(expired))
         self._report_waits(saturated, {m.dest: held[m.id] for m, _ in plan if m.id in held},
                            sum(1 for m, _ in plan if m.id in held))
-        for m, channel in plan:
-            if m.id not in moved or m.id in held:  # final already (e.g. expired by another node), or waiting
-                continue
-            self._metrics.messages.labels("queued", channel.name).inc()
+        go = [(m, channel) for m, channel in plan if m.id in moved and m.id not in held]
+        # (the others: final already, e.g. expired by another node, or waiting on a limit)
+        self._count_messages("queued", [channel.name for _, channel in go])
+        for m, channel in go:
             await channel.submit(m)
 
     def _decide_recipients(self, candidates: Sequence[tuple[int, str]], history: dict[str, list[float]],
@@ -297,13 +298,45 @@ class Dispatcher:
 
     # -- events ---------------------------------------------------------------------------------
 
+    def _message_counter(self, status: str, channel: str):
+        """``smsgw_messages_total{status, channel}``'s child, looked up once."""
+        counter = self._message_counters.get((status, channel))
+        if counter is None:
+            counter = self._message_counters[(status, channel)] = self._metrics.messages.labels(status, channel)
+        return counter
+
+    def _count_messages(self, status: str, channels: Sequence[str]) -> None:
+        """Count one message of ``status`` per entry of ``channels`` (one increment a channel)."""
+        if not channels:
+            return
+        if len(set(channels)) == 1:
+            self._message_counter(status, channels[0]).inc(len(channels))
+            return
+        tally: dict[str, int] = {}
+        for name in channels:
+            tally[name] = tally.get(name, 0) + 1
+        for name, n in tally.items():
+            self._message_counter(status, name).inc(n)
+
+    @staticmethod
+    def _take_ready(receive: trio.MemoryReceiveChannel[ChannelEvent], batch: list[ChannelEvent]) -> None:
+        """Move the events already buffered into ``batch`` (up to ``EVENT_BATCH``), without waiting."""
+        while len(batch) < EVENT_BATCH:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                return
+
     async def _event_loop(self, receive: trio.MemoryReceiveChannel[ChannelEvent]) -> None:
         async with receive:
             while True:
                 batch = [await receive.receive()]
-                with trio.move_on_after(EVENT_LINGER):
-                    while len(batch) < EVENT_BATCH:
-                        batch.append(await receive.receive())
+                self._take_ready(receive, batch)
+                if len(batch) < EVENT_BATCH:
+                    # Linger once for the batch, not once per event: what arrives meanwhile
+                    # waits in the buffer (channels block only when it is full).
+                    await trio.sleep(EVENT_LINGER)
+                    self._take_ready(receive, batch)
                 while True:
                     try:
                         await self._apply(batch)
@@ -314,20 +347,27 @@ class Dispatcher:
                         await trio.sleep(STORE_RETRY)
 
     async def _apply(self, batch: list[ChannelEvent]) -> None:
-        submitted = [(e.channel, e.message_id, e.part, e.ref) for e in batch if isinstance(e, Submitted)]
-        failures = [e for e in batch if isinstance(e, SubmitFailed)]
-        reports = [e for e in batch if isinstance(e, DeliveryReport)]
-        mos = [e for e in batch if isinstance(e, MoReceived)]
-        for e in batch:
-            if isinstance(e, LinkState):
+        submitted: list[tuple[str, int, int, str]] = []
+        failures: list[SubmitFailed] = []
+        reports: list[DeliveryReport] = []
+        mos: list[MoReceived] = []
+        for e in batch:  # one pass, the most frequent kinds first
+            if isinstance(e, Submitted):
+                submitted.append((e.channel, e.message_id, e.part, e.ref))
+            elif isinstance(e, DeliveryReport):
+                reports.append(e)
+            elif isinstance(e, SubmitFailed):
+                failures.append(e)
+            elif isinstance(e, MoReceived):
+                mos.append(e)
+            elif isinstance(e, LinkState):
                 self._bus.publish(LinkEvent(channel=e.channel, up=e.up, detail=e.detail, at=events_now()))
                 self._metrics.channel_up.labels(e.channel).set(1 if e.up else 0)
                 log.info("channel %s channel=%s detail=%s", "up" if e.up else "down", e.channel, e.detail)
         if submitted:
             done = await self._store.record_submitted(submitted)
             channel_of = {message_id: channel for channel, message_id, _, _ in submitted}
-            for message_id in done:
-                self._metrics.messages.labels("submitted", channel_of[message_id]).inc()
+            self._count_messages("submitted", [channel_of[message_id] for message_id in done])
         if failures:
             await self._record_failures(failures)
         if reports:
@@ -365,18 +405,24 @@ class Dispatcher:
         outcomes = await self._store.record_reports(
             [(r.channel, r.ref, str(r.status), r.error_code) for r in reports])
         now = trio.current_time()
+        counted: dict[tuple[str, str], int] = {}
+        grace = self._grace
         for report, outcome in zip(reports, outcomes):
             key = (report.channel, report.ref)
             if outcome.matched:
-                self._grace.pop(key, None)
+                if grace:
+                    grace.pop(key, None)
                 if outcome.status is not None:
-                    self._metrics.messages.labels(outcome.status, report.channel).inc()
+                    label = (outcome.status, report.channel)
+                    counted[label] = counted.get(label, 0) + 1
                 continue
             first_seen = self._grace.get(key, (report, now))[1]
             if len(self._grace) >= GRACE_MAX and key not in self._grace:
                 oldest = min(self._grace, key=lambda k: self._grace[k][1])
                 self._give_up(self._grace.pop(oldest)[0])
             self._grace[key] = (report, first_seen)
+        for (status, channel), n in counted.items():
+            self._message_counter(status, channel).inc(n)
 
     def _give_up(self, report: DeliveryReport) -> None:
         self._metrics.reports_unmatched.labels(report.channel).inc()
