@@ -456,6 +456,8 @@ def _sink_rows(sink: list[MtEvent] | None, moved: Sequence[Any]) -> None:
                             msg_class=r[6], error_code=r[7] or "", detail=r[8], at=at) for r in moved)
 
 
+_json_encode = msgspec.json.Encoder().encode
+
 _SUBMITTED = """
 WITH r AS (
     INSERT INTO message_refs (channel, ref, message_id, part)
@@ -463,22 +465,24 @@ WITH r AS (
     ON CONFLICT (channel, ref) DO UPDATE SET message_id = EXCLUDED.message_id,
         part = EXCLUDED.part, status = 'submitted', created_at = now()
 ),
-c AS (SELECT * FROM unnest($5::bigint[], $6::int[], $7::text[]) AS c(id, n, channel)),
 o AS MATERIALIZED (
-    -- Each message's status before this statement, its row locked (in id order) until commit.
-    SELECT m.id, m.status AS was FROM messages m WHERE m.id = ANY($5::bigint[]) ORDER BY m.id FOR UPDATE
+    -- Each message's status before this statement, its row locked (in id order) until commit,
+    -- with its parts acknowledged now and the channel of the last.
+    SELECT m.id, m.status AS was, c.n, c.channel
+    FROM messages m JOIN unnest($5::bigint[], $6::int[], $7::text[]) AS c(id, n, channel) ON c.id = m.id
+    WHERE m.id = ANY($5::bigint[]) ORDER BY m.id FOR UPDATE OF m
 ),
 u AS (
     UPDATE messages m SET
         parts_submitted = least(m.parts, m.parts_submitted + c.n),
-        status = CASE WHEN o.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
+        status = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
                       THEN 'submitted' ELSE m.status END,
-        channel = CASE WHEN o.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
+        channel = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
                        THEN c.channel ELSE m.channel END,
         updated_at = now()
-    FROM c JOIN o ON o.id = c.id
+    FROM o c
     WHERE m.id = c.id
-    RETURNING m.id, m.status, o.was, m.dlr_url, m.dlr_mask, m.updated_at, m.account_id, m.dest, m.channel,
+    RETURNING m.id, m.status, c.was, m.dlr_url, m.dlr_mask, m.updated_at, m.account_id, m.dest, m.channel,
               m.parts, m.class, m.error_code
 ),
 v AS (SELECT * FROM u WHERE u.was IN ('accepted', 'queued') AND u.status = 'submitted'),
@@ -524,22 +528,23 @@ async def _aio_submitted(
 
 
 _REPORTS = """
-WITH t AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
-                  AS t(channel, ref, status, error_code, n)
-),
-r AS (
-    -- Each ref reported for the first time; a ref named twice in the batch is updated once.
-    UPDATE message_refs r SET status = t.status
-    FROM t WHERE r.channel = t.channel AND r.ref = t.ref AND r.status = 'submitted'
-    RETURNING r.channel, r.ref, r.message_id, t.status, t.error_code, t.n
+WITH r AS (
+    -- Each ref reported for the first time. The refs are looked up by primary key, one index
+    -- probe each (the IN over the batch's distinct refs); the batch's reports are a JSON
+    -- object keyed "<channel> <ref>" (a ref's first report in the batch: [status,
+    -- error_code, n]), read by key, so no join of the batch with itself.
+    UPDATE message_refs r SET status = $3::jsonb -> (r.channel || ' ' || r.ref) ->> 0
+    WHERE (r.channel, r.ref) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND r.status = 'submitted'
+    RETURNING r.channel, r.ref, r.message_id, r.status,
+              $3::jsonb -> (r.channel || ' ' || r.ref) ->> 1 AS error_code,
+              ($3::jsonb -> (r.channel || ' ' || r.ref) ->> 2)::int AS n
 ),
 known AS (
     -- Refs reported before: a duplicate report. Read in the statement's snapshot, the one the
     -- UPDATE above used: a ref committed after it began is in neither, so its report stays
     -- unmatched (held and retried), never taken for a duplicate.
-    SELECT k.channel, k.ref, k.message_id FROM message_refs k JOIN t ON k.channel = t.channel AND k.ref = t.ref
-    WHERE k.status <> 'submitted'
+    SELECT k.channel, k.ref, k.message_id FROM message_refs k
+    WHERE (k.channel, k.ref) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND k.status <> 'submitted'
 ),
 d AS (
     -- Per message: parts delivered now, and the first failure reported (in batch order).
@@ -550,29 +555,30 @@ d AS (
 ),
 o AS MATERIALIZED (
     -- Each message's status before this statement, its row locked (in id order) until commit.
-    SELECT m.id, m.status AS was FROM messages m WHERE m.id IN (SELECT d.id FROM d) ORDER BY m.id FOR UPDATE
+    SELECT m.id, m.status AS was, d.delivered, d.failed, d.code
+    FROM messages m JOIN d ON d.id = m.id ORDER BY m.id FOR UPDATE OF m
 ),
 u AS (
     UPDATE messages m SET
         parts_delivered = least(m.parts, m.parts_delivered + d.delivered),
-        status = CASE WHEN o.was = ANY($5::text[]) THEN m.status
+        status = CASE WHEN d.was = ANY($4::text[]) THEN m.status
                       WHEN d.failed IS NOT NULL THEN d.failed
                       WHEN m.parts_delivered + d.delivered >= m.parts THEN 'delivered'
                       ELSE m.status END,
-        error_code = CASE WHEN o.was <> ALL($5::text[]) AND d.failed IS NOT NULL
+        error_code = CASE WHEN d.was <> ALL($4::text[]) AND d.failed IS NOT NULL
                           THEN coalesce(nullif(d.code, ''), m.error_code) ELSE m.error_code END,
-        updated_at = CASE WHEN o.was <> ALL($5::text[])
+        updated_at = CASE WHEN d.was <> ALL($4::text[])
                                AND (d.failed IS NOT NULL OR m.parts_delivered + d.delivered >= m.parts)
                           THEN now() ELSE m.updated_at END
-    FROM d JOIN o ON o.id = d.id
+    FROM o d
     WHERE m.id = d.id
-    RETURNING m.id, m.status, o.was, d.failed, d.code, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at,
+    RETURNING m.id, m.status, d.was, d.failed, d.code, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at,
               m.account_id, m.dest, m.channel, m.parts, m.class, m.error_code
 ),
 v AS (
     SELECT u.*, CASE WHEN u.failed IS NULL THEN 'all parts delivered'
                      ELSE 'report stat=' || coalesce(nullif(u.code, ''), u.failed) END AS detail
-    FROM u WHERE u.was <> ALL($5::text[]) AND u.status = ANY($5::text[])
+    FROM u WHERE u.was <> ALL($4::text[]) AND u.status = ANY($4::text[])
 ),
 w AS (
     INSERT INTO webhook_outbox (message_id, url, kind, event_status, event_at)
@@ -606,8 +612,12 @@ async def _aio_reports(
     trip, atomic): the refs, the messages' delivered parts, and each message's final state
     (the first failure reported, or ``delivered`` once every part is) with its history,
     webhooks and removal from the queue. Returns one outcome per report, in order."""
-    rows = await pool.fetch(_REPORTS, [r[0] for r in reports], [r[1] for r in reports],
-                            [r[2] for r in reports], [r[3] for r in reports], _FINAL)
+    first: dict[str, tuple[str, str, int]] = {}
+    for n, (channel, ref, status, error_code) in enumerate(reports, start=1):
+        first.setdefault(f"{channel} {ref}", (status, error_code, n))  # channel names hold no space
+    keys = [k.split(" ", 1) for k in first]
+    rows = await pool.fetch(_REPORTS, [k[0] for k in keys], [k[1] for k in keys],
+                            _json_encode(first).decode(), _FINAL)
     by_ref: dict[tuple[str, str], int] = {}
     known_refs: dict[tuple[str, str], int] = {}
     moved = []
