@@ -52,11 +52,11 @@ def _start_sim(port: int, dlr_delay_ms: float) -> subprocess.Popen:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far, from /proc/<pid>/stat (fields 14 and 15)."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process so far, from /proc/<pid>/stat (fields 14 and 15)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -144,8 +144,11 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
             # CPU per message from the first SUBMIT to the last status report, each process
             # (this one: the links; the other: the simulator).
             "cpu_us_per_msg": {
-                "link": round((cpu1[0] - cpu0[0]) / args.count * 1e6, 1),
-                "simulator": round((cpu1[1] - cpu0[1]) / args.count * 1e6, 1),
+                "link": round((sum(cpu1[0]) - sum(cpu0[0])) / args.count * 1e6, 1),
+                "simulator": round((sum(cpu1[1]) - sum(cpu0[1])) / args.count * 1e6, 1),
+                # of which in the kernel (system time): socket calls and epoll
+                "link_sys": round((cpu1[0][1] - cpu0[0][1]) / args.count * 1e6, 1),
+                "simulator_sys": round((cpu1[1][1] - cpu0[1][1]) / args.count * 1e6, 1),
             },
         }
         if not args.no_reconnect:

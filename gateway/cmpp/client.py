@@ -517,14 +517,22 @@ class CmppLink:
             # Whatever else the window, the rate and the input allow right now goes in the same
             # write: one syscall for a window's worth of SUBMITs. Each is tracked by the
             # connection as it is framed, so a failed write loses none (they are re-submitted).
+            retry, take_input, send, to_submit = (
+                self._retry, self._input_recv.receive_nowait, conn.send, self._to_submit)
             while len(frames) < MAX_SUBMITS_PER_WRITE and conn.window_available() and now >= self._paused_until:
-                if not self._retry and self._input_send.statistics().current_buffer_used == 0:
-                    break
-                if bucket.delay(now) > 0:
-                    break
-                more = self._retry.popleft() if self._retry else self._input_recv.receive_nowait()
-                bucket.try_take(now)
-                frames.append(conn.send(self._to_submit(more), now=now, context=more))
+                if retry:
+                    if not bucket.try_take(now):
+                        break
+                    more = retry.popleft()
+                else:
+                    try:
+                        more = take_input()
+                    except trio.WouldBlock:
+                        break
+                    if not bucket.try_take(now):
+                        retry.appendleft(more)  # first in line once the rate allows
+                        break
+                frames.append(send(to_submit(more), now=now, context=more))
             self.submitted += len(frames)
             await self._write(stream, b"".join(frames))
 

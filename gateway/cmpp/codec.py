@@ -43,6 +43,7 @@ __all__ = [
     "MAX_FRAME",
     "MAX_DESTINATIONS",
     "MAX_MSG_LENGTH",
+    "TEXT_CACHE_SIZE",
     "Layout",
     "LAYOUT_2_0",
     "LAYOUT_3_0",
@@ -212,6 +213,27 @@ def _text(raw: bytes) -> str:
     """A received fixed-width string: up to the first NUL, ASCII, tolerant of junk bytes."""
     end = raw.find(0)
     return (raw if end < 0 else raw[:end]).decode("ascii", "replace")
+
+
+#: Distinct fixed-width strings a FrameDecoder remembers (service ids, service numbers, fee
+#: codes: the fields that repeat from PDU to PDU); past this it starts afresh.
+TEXT_CACHE_SIZE = 1024
+
+
+def _text_cache(size: int = TEXT_CACHE_SIZE) -> Callable[[bytes], str]:
+    """:func:`_text` remembering its answers, for the fields that repeat (one per decoder)."""
+    cache: dict[bytes, str] = {}
+    get = cache.get
+
+    def text(raw: bytes) -> str:
+        value = get(raw)
+        if value is None:
+            if len(cache) >= size:
+                cache.clear()
+            value = cache[raw] = _text(raw)
+        return value
+
+    return text
 
 
 def _u8(value: int, name: str) -> int:
@@ -551,7 +573,7 @@ def _by_length(options: tuple[struct.Struct, ...], body: bytes, what: str) -> tu
     raise RemoteProtocolError(f"bad {what} body length {len(body)}, expected {sizes}")
 
 
-def _decode_submit(body: bytes, layout: Layout) -> Submit:
+def _decode_submit(body: bytes, layout: Layout, text: Callable[[bytes], str] = _text) -> Submit:
     v3 = layout is LAYOUT_3_0
     head = layout.submit_head
     if len(body) < head.size:
@@ -572,7 +594,12 @@ def _decode_submit(body: bytes, layout: Layout) -> Submit:
     tail_s = layout.submit_dest_tail
     if len(body) < dests_end + tail_s.size:
         raise RemoteProtocolError(f"truncated SUBMIT body: {len(body)} bytes for {n_dest} destinations")
-    dests = tuple(_text(dest_s.unpack_from(body, offset + i * dest_s.size)[0]) for i in range(n_dest))
+    if n_dest == 1:
+        dests: tuple[str, ...] = (_text(dest_s.unpack_from(body, offset)[0]),)
+    else:
+        dests = tuple(
+            _text(dest_s.unpack_from(body, offset + i * dest_s.size)[0]) for i in range(n_dest)
+        )
     if v3:
         dest_terminal_type, msg_length = tail_s.unpack_from(body, dests_end)
     else:
@@ -591,27 +618,27 @@ def _decode_submit(body: bytes, layout: Layout) -> Submit:
         pk_number=pk_number,
         registered_delivery=reg,
         msg_level=level,
-        service_id=_text(service_id),
+        service_id=text(service_id),
         fee_usertype=fee_usertype,
-        fee_terminal_id=_text(fee_terminal_id),
+        fee_terminal_id=text(fee_terminal_id),
         fee_terminal_type=fee_terminal_type,
         tp_pid=tp_pid,
         tp_udhi=tp_udhi,
         msg_fmt=msg_fmt,
-        msg_src=_text(msg_src),
-        fee_type=_text(fee_type),
-        fee_code=_text(fee_code),
-        valid_time=_text(valid_time),
-        at_time=_text(at_time),
-        src_id=_text(src_id),
+        msg_src=text(msg_src),
+        fee_type=text(fee_type),
+        fee_code=text(fee_code),
+        valid_time=text(valid_time),
+        at_time=text(at_time),
+        src_id=text(src_id),
         dest_terminal_ids=dests,
         dest_terminal_type=dest_terminal_type,
         msg_content=content,
-        link_id=_text(tail) if v3 else "",
+        link_id=text(tail) if v3 else "",
     )
 
 
-def _decode_deliver(body: bytes, layout: Layout) -> Deliver:
+def _decode_deliver(body: bytes, layout: Layout, text: Callable[[bytes], str] = _text) -> Deliver:
     v3 = layout is LAYOUT_3_0
     head = layout.deliver_head
     if len(body) < head.size:
@@ -634,8 +661,8 @@ def _decode_deliver(body: bytes, layout: Layout) -> Deliver:
     (tail,) = layout.deliver_tail.unpack_from(body, head.size + msg_length)
     return Deliver(
         msg_id=msg_id,
-        dest_id=_text(dest_id),
-        service_id=_text(service_id),
+        dest_id=text(dest_id),
+        service_id=text(service_id),
         tp_pid=tp_pid,
         tp_udhi=tp_udhi,
         msg_fmt=msg_fmt,
@@ -643,7 +670,7 @@ def _decode_deliver(body: bytes, layout: Layout) -> Deliver:
         src_terminal_type=src_type,
         registered_delivery=reg,
         msg_content=content,
-        link_id=_text(tail) if v3 else "",
+        link_id=text(tail) if v3 else "",
     )
 
 
@@ -652,12 +679,16 @@ def _expect_empty(body: bytes, what: str) -> None:
         raise RemoteProtocolError(f"over-long {what} body: {len(body)} bytes, expected 0")
 
 
-def decode_body(command_id: int, body: bytes, version: int) -> Pdu:
-    """Decode one PDU body (without its header) as sent by a peer speaking ``version``."""
+def decode_body(command_id: int, body: bytes, version: int, *,
+                text: Callable[[bytes], str] = _text) -> Pdu:
+    """Decode one PDU body (without its header) as sent by a peer speaking ``version``.
+
+    ``text`` decodes the SUBMIT and DELIVER fields that repeat from PDU to PDU (a
+    FrameDecoder passes one that remembers them)."""
     layout = _LAYOUT_BY_VERSION.get(version) or layout_for(version)
     match command_id:
         case CommandId.SUBMIT:
-            return _decode_submit(body, layout)
+            return _decode_submit(body, layout, text)
         case CommandId.SUBMIT_RESP:
             resp = _SUBMIT_RESP_BY_SIZE.get(len(body))
             if resp is None:
@@ -665,7 +696,7 @@ def decode_body(command_id: int, body: bytes, version: int) -> Pdu:
             msg_id, result = resp.unpack(body)
             return SubmitResp(msg_id=msg_id, result=result)
         case CommandId.DELIVER:
-            return _decode_deliver(body, layout)
+            return _decode_deliver(body, layout, text)
         case CommandId.DELIVER_RESP:
             resp = _DELIVER_RESP_BY_SIZE.get(len(body))
             if resp is None:
@@ -739,6 +770,7 @@ class FrameDecoder:
         self.version = version
         self._buffer = bytearray()
         self._error: RemoteProtocolError | None = None
+        self._text = _text_cache()
 
     @property
     def buffered(self) -> int:
@@ -791,7 +823,7 @@ class FrameDecoder:
         body = bytes(buffer[HEADER_LENGTH:total])
         del buffer[:total]
         try:
-            pdu = decode_body(command_id, body, self.version)
+            pdu = decode_body(command_id, body, self.version, text=self._text)
         except RemoteProtocolError as exc:
             raise self._fail(
                 f"{CommandId(command_id).name} seq={sequence_id}: {exc.reason}"

@@ -671,3 +671,24 @@ def test_status_report_fields_match_decode(version, msg_id, stat, dest, smsc):
     assert decode_status_report(content) == body
     with pytest.raises(RemoteProtocolError, match="status report of 59 bytes"):
         status_report_fields(content[:59])
+
+
+def test_decoder_text_cache_past_its_size_decodes_every_field_exactly():
+    """The decoder remembers repeated fields; past TEXT_CACHE_SIZE distinct ones it starts
+    afresh, and every PDU still decodes to exactly what was sent."""
+    from gateway.cmpp.codec import TEXT_CACHE_SIZE, decode_body
+
+    base = Submit(**_submit_fields())
+    pdus = [replace(base, src_id=f"1065{i:06d}", service_id=f"S{i % 7}",
+                    dest_terminal_ids=(f"138{i:08d}",))
+            for i in range(2 * TEXT_CACHE_SIZE + 5)]
+    dec = FrameDecoder(V3)
+    dec.feed(b"".join(encode(p, i + 1, V3) for i, p in enumerate(pdus)))
+    assert [pdu for _header, pdu in dec] == pdus
+    # Junk bytes in a repeated field decode as the uncached path does, every time.
+    body = encode(Deliver(msg_id=1, dest_id="10658888", src_terminal_id="13800138000"), 1, V3)[12:]
+    garbled = body[:8] + b"\xff\xfe658888" + body[16:]
+    for _ in range(3):
+        cached = decode_body(5, garbled, V3, text=dec._text)
+        assert cached == decode_body(5, garbled, V3)
+        assert cached.dest_id == "\ufffd\ufffd658888"
