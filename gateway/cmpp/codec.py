@@ -51,6 +51,7 @@ __all__ = [
     "encode",
     "encode_general",
     "encode_status_report",
+    "encode_status_report_general",
     "status_report_fields",
     "decode_status_report",
     "decode_body",
@@ -263,6 +264,26 @@ def _status_width(layout: Layout, value: int, name: str) -> int:
 
 def encode_status_report(report: StatusReportBody, version: int) -> bytes:
     """The 60-byte (2.0) or 71-byte (3.0) status report body (cmpp.md "Status report")."""
+    layout = _LAYOUT_BY_VERSION.get(version) or layout_for(version)
+    stat, submit_time, done_time, dest = (
+        report.stat, report.submit_time, report.done_time, report.dest_terminal_id)
+    if (
+        len(stat) <= 7 and len(submit_time) <= 10 and len(done_time) <= 10
+        and len(dest) <= layout.terminal_id_width
+        and (stat + submit_time + done_time + dest).isascii()
+    ):
+        try:  # one pack; an integer out of range falls to the field-by-field path below
+            return layout.status_report.pack(
+                report.msg_id, stat.encode(), submit_time.encode(), done_time.encode(),
+                dest.encode(), report.smsc_sequence,
+            )
+        except struct.error:
+            pass
+    return encode_status_report_general(report, layout.version)
+
+
+def encode_status_report_general(report: StatusReportBody, version: int) -> bytes:
+    """:func:`encode_status_report` field by field, naming a bad field in its error."""
     layout = layout_for(version)
     return layout.status_report.pack(
         _u64(report.msg_id, "msg_id"),

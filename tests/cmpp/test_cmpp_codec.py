@@ -572,7 +572,11 @@ def test_truncated_body_with_matching_length_raises(version, data):
 
 from msgspec.structs import replace  # noqa: E402
 
-from gateway.cmpp.codec import encode_general, status_report_fields  # noqa: E402
+from gateway.cmpp.codec import (  # noqa: E402
+    encode_general,
+    encode_status_report_general,
+    status_report_fields,
+)
 
 
 @st.composite
@@ -667,6 +671,7 @@ def test_status_report_fields_match_decode(version, msg_id, stat, dest, smsc):
     body = StatusReportBody(msg_id=msg_id, stat=stat, submit_time="2611231400",
                             done_time="2611231401", dest_terminal_id=dest, smsc_sequence=smsc)
     content = encode_status_report(body, version)
+    assert content == encode_status_report_general(body, version)
     assert status_report_fields(content) == (msg_id, stat, "2611231400", "2611231401", dest, smsc)
     assert decode_status_report(content) == body
     with pytest.raises(RemoteProtocolError, match="status report of 59 bytes"):
@@ -692,3 +697,19 @@ def test_decoder_text_cache_past_its_size_decodes_every_field_exactly():
         cached = decode_body(5, garbled, V3, text=dec._text)
         assert cached == decode_body(5, garbled, V3)
         assert cached.dest_id == "\ufffd\ufffd658888"
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"stat": "DELIVRD!"}, "stat"),
+        ({"dest_terminal_id": "号码"}, "ASCII"),
+        ({"msg_id": 1 << 64}, "msg_id"),
+        ({"smsc_sequence": -1}, "smsc_sequence"),
+    ],
+)
+def test_status_report_encode_errors_name_the_field(change, reason):
+    body = StatusReportBody(msg_id=1, stat="DELIVRD", submit_time="2611231400",
+                            done_time="2611231401", dest_terminal_id="13800138000")
+    with pytest.raises(LocalProtocolError, match=reason):
+        encode_status_report(replace(body, **change), V3)
