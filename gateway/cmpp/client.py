@@ -563,6 +563,7 @@ class CmppLink:
         await _acquire(self._event_lock)
         try:
             self._replies = bytearray()
+            now = trio.current_time()  # one time for the events of one read
             try:
                 while (ev := conn.next_event()) is not None:
                     if type(ev) is ResponseReceived:
@@ -570,7 +571,7 @@ class CmppLink:
                         self._wake_pump()
                         resp, req = ev.response, ev.context
                         if type(resp) is SubmitResp and type(req) is SubmitRequest:
-                            out = self._on_submit_resp(req, resp, trio.current_time())
+                            out = self._on_submit_resp(req, resp, now)
                             if out is not None:
                                 await self._emit(out)
                         continue
@@ -582,8 +583,7 @@ class CmppLink:
                         deliver = ev.pdu
                         await self._emit(self._report_event(deliver))
                         self._replies += conn.respond(
-                            ev.sequence_id, DeliverResp(msg_id=deliver.msg_id),
-                            now=trio.current_time())
+                            ev.sequence_id, DeliverResp(msg_id=deliver.msg_id), now=now)
                         continue
                     await self._on_event(ev, stream, conn)
             finally:
