@@ -675,7 +675,8 @@ class CmppLink:
 
     def _report_event(self, deliver: Deliver) -> StatusReport:
         # The length was checked by the decoder; only the report's fields are decoded here.
-        msg_id, stat, submit_time, done_time, dest, _smsc = status_report_fields(deliver.msg_content)
+        fields = status_report_fields(deliver.msg_content)
+        msg_id, stat, submit_time, done_time, dest, _smsc_sequence = fields
         self.reports += 1
         return StatusReport(link=self.config.name, msg_id=msg_id, stat=stat, dest=dest,
                             submit_time=submit_time, done_time=done_time)

@@ -513,7 +513,8 @@ def _fast_submit(pdu: Submit, layout: Layout, seq: int) -> bytes | None:
 
 def _fast_deliver(pdu: Deliver, layout: Layout, seq: int) -> bytes | None:
     content = pdu.msg_content
-    dest_id, service_id, src, link_id = pdu.dest_id, pdu.service_id, pdu.src_terminal_id, pdu.link_id
+    dest_id, service_id, link_id = pdu.dest_id, pdu.service_id, pdu.link_id
+    src = pdu.src_terminal_id
     if (
         len(content) > 0xFF or len(dest_id) > 21 or len(service_id) > 10
         or len(src) > layout.terminal_id_width or len(link_id) > 20
