@@ -188,27 +188,25 @@ class CmppChannel:
                 await nursery.start(link.run)
             self._nursery = nursery
             task_status.started()
-            while True:
-                # One wake-up takes every link event already buffered (at most its size).
-                try:
-                    pending = [await self._receive.receive()]
-                except trio.EndOfChannel:
-                    break
-                while len(pending) < LINK_EVENT_BUFFER:
-                    try:
-                        pending.append(self._receive.receive_nowait())
+            receive = self._receive
+            async for event in receive:
+                while True:
+                    await self._pass_on(event, events)
+                    try:  # what the links queued meanwhile, in the same step
+                        event = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                for event in pending:
-                    if self._long_parts and isinstance(event, (SubmitAcked, SubmitRejected)):
-                        if self._part_retried(event):
-                            continue
-                    out = self._translate(event)
-                    if out is not None:
-                        try:  # no scheduler round trip while the dispatcher's buffer has room
-                            events.send_nowait(out)
-                        except trio.WouldBlock:
-                            await events.send(out)
+
+    async def _pass_on(self, event: LinkEvent, events: trio.MemorySendChannel[ChannelEvent]) -> None:
+        if self._long_parts and isinstance(event, (SubmitAcked, SubmitRejected)):
+            if self._part_retried(event):
+                return
+        out = self._translate(event)
+        if out is not None:
+            try:  # no scheduler round trip while the dispatcher's buffer has room
+                events.send_nowait(out)
+            except trio.WouldBlock:
+                await events.send(out)
 
     def _part_retried(self, event: SubmitAcked | SubmitRejected) -> bool:
         """Forget an acknowledged part; retry a transiently rejected one (True) while it may."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -26,7 +27,8 @@ import time
 
 import trio
 
-from gateway.cmpp import CmppLink, CmppLinkConfig, LinkUp, StatusReport, SubmitAcked, SubmitRequest
+from gateway.cmpp import (CmppLink, CmppLinkConfig, LinkUp, StatusReport, SubmitAcked, SubmitRequest,
+                          decode_status_report)
 from gateway.cmpp.pdus import MsgFmt
 
 SP_ID, SECRET = "901234", "bench"
@@ -45,6 +47,16 @@ def _start_sim(port: int, dlr_delay_ms: float) -> subprocess.Popen:
         stdout=subprocess.PIPE)
     proc.stdout.readline()  # "listening on ..."
     return proc
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process so far, from /proc/<pid>/stat (fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -71,26 +83,36 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
         for link in links:
             await nursery.start(link.run)
 
-        async def consume() -> None:
+        def handle(ev: object) -> None:
             nonlocal reports, acked, up
+            if isinstance(ev, SubmitAcked):
+                latencies.append(time.perf_counter() - sent_at.pop(ev.ref))
+                acked += 1
+                if acked == args.count:
+                    done.set()
+            elif isinstance(ev, StatusReport):
+                reports += 1
+            elif isinstance(ev, LinkUp):
+                up += 1
+                if up == len(links):
+                    all_up.set()
+
+        async def consume() -> None:
+            # Everything already queued in one step: one scheduler pass per batch, not per event.
             async for ev in receive:
-                if isinstance(ev, SubmitAcked):
-                    latencies.append(time.perf_counter() - sent_at.pop(ev.ref))
-                    acked += 1
-                    if acked == args.count:
-                        done.set()
-                elif isinstance(ev, StatusReport):
-                    reports += 1
-                elif isinstance(ev, LinkUp):
-                    up += 1
-                    if up == len(links):
-                        all_up.set()
+                handle(ev)
+                while True:
+                    try:
+                        handle(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
 
         nursery.start_soon(consume)
         with trio.fail_after(30):
             await all_up.wait()
         content = "您的验证码是123456，五分钟内有效。".encode("utf-16-be")
         started = time.perf_counter()
+        cpu0 = (_cpu_seconds(os.getpid()), _cpu_seconds(sim.pid))
 
         async def feed(link: CmppLink, refs: range) -> None:
             # Open loop at --rate: each SUBMIT leaves at its scheduled time, whatever came before.
@@ -112,12 +134,22 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
         with trio.move_on_after(5):  # let the last reports arrive
             while reports < args.count:
                 await trio.sleep(0.05)
+        cpu1 = (_cpu_seconds(os.getpid()), _cpu_seconds(sim.pid))
         result = {
             "links": args.links, "window": args.window, "count": args.count,
             "submits_per_s": round(args.count / elapsed),
             "submit_resp_ms": {p: round(_percentile(latencies, float(p[1:])) * 1000, 2)
                                for p in ("p50", "p90", "p99")} | {"max": round(max(latencies) * 1000, 2)},
             "reports_received": reports,
+            # CPU per message from the first SUBMIT to the last status report, each process
+            # (this one: the links; the other: the simulator).
+            "cpu_us_per_msg": {
+                "link": round((sum(cpu1[0]) - sum(cpu0[0])) / args.count * 1e6, 1),
+                "simulator": round((sum(cpu1[1]) - sum(cpu0[1])) / args.count * 1e6, 1),
+                # of which in the kernel (system time): socket calls and epoll
+                "link_sys": round((cpu1[0][1] - cpu0[0][1]) / args.count * 1e6, 1),
+                "simulator_sys": round((cpu1[1][1] - cpu0[1][1]) / args.count * 1e6, 1),
+            },
         }
         if not args.no_reconnect:
             # Drop every connection (kill the simulator), restart it, time until a SUBMIT is acked again.
@@ -138,6 +170,64 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
     return result
 
 
+def core_bench(count: int, window: int) -> dict:
+    """The sans-IO work alone, both roles in this process: SUBMIT → SUBMIT_RESP → status report
+    → DELIVER_RESP through two CmppConnections, a window at a time, as the link and the
+    simulator drive them. Returns µs of CPU per message for each side."""
+    from gateway.cmpp import (CmppConnection, Deliver, DeliverResp, RequestReceived,
+                              ResponseReceived, Role, StatusReportBody, Submit, SubmitResp,
+                              encode_status_report)
+    from gateway.cmpp.client import CmppLink, CmppLinkConfig
+    now = 0.0
+    client = CmppConnection(Role.CLIENT, sp_id=SP_ID, secret=SECRET, window=window)
+    server = CmppConnection(Role.SERVER, sp_id=SP_ID, secret=SECRET, window=window)
+    server.receive_data(client.login(timestamp=1010101, now=now), now=now)
+    server.next_event()
+    client.receive_data(server.answer_login(now=now), now=now)
+    client.next_event()
+    link = CmppLink(CmppLinkConfig(sp_id=SP_ID, secret=SECRET), trio.open_memory_channel(1)[0])
+    content = "您的验证码是123456，五分钟内有效。".encode("utf-16-be")
+    requests = [SubmitRequest(ref=i, dest=f"138{i:08d}", src_id="10658888", content=content)
+                for i in range(count)]
+    sp = ismg = 0.0
+    msg_id = 0
+    for start in range(0, count, window):
+        t0 = time.process_time()
+        out = b"".join(client.send(link._to_submit(r), now=now, context=r)
+                       for r in requests[start:start + window])
+        t1 = time.process_time()
+        server.receive_data(out, now=now)
+        replies, reports = [], []
+        while (ev := server.next_event()) is not None:
+            if isinstance(ev, RequestReceived) and isinstance(ev.pdu, Submit):
+                msg_id += 1
+                replies.append(server.respond(ev.sequence_id, SubmitResp(msg_id=msg_id, result=0), now=now))
+                body = StatusReportBody(msg_id=msg_id, stat="DELIVRD", submit_time="2611231400",
+                                        done_time="2611231400", dest_terminal_id=ev.pdu.dest_terminal_ids[0])
+                reports.append(Deliver(msg_id=msg_id + 10**9, dest_id=ev.pdu.src_id, src_terminal_id=ev.pdu.dest_terminal_ids[0],
+                                       registered_delivery=1, msg_content=encode_status_report(body, server.version)))
+        out = b"".join(replies) + b"".join(server.send(d, now=now, context=d) for d in reports)
+        t2 = time.process_time()
+        client.receive_data(out, now=now)
+        acks = []
+        while (ev := client.next_event()) is not None:
+            if isinstance(ev, RequestReceived):
+                decode_status_report(ev.pdu.msg_content)
+                acks.append(client.respond(ev.sequence_id, DeliverResp(msg_id=ev.pdu.msg_id), now=now))
+            elif not isinstance(ev, ResponseReceived):
+                raise RuntimeError(f"unexpected {ev!r}")
+        out = b"".join(acks)
+        t3 = time.process_time()
+        server.receive_data(out, now=now)
+        while (ev := server.next_event()) is not None:
+            if not isinstance(ev, ResponseReceived):
+                raise RuntimeError(f"unexpected {ev!r}")
+        t4 = time.process_time()
+        sp += (t1 - t0) + (t3 - t2)
+        ismg += (t2 - t1) + (t4 - t3)
+    return {"core_us_per_msg": {"link": round(sp / count * 1e6, 1), "simulator": round(ismg / count * 1e6, 1)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--links", type=int, default=1)
@@ -146,7 +236,12 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.0, help="SUBMITs per second in all (0: as fast as possible)")
     ap.add_argument("--dlr-delay-ms", type=float, default=0.0)
     ap.add_argument("--no-reconnect", action="store_true")
+    ap.add_argument("--core", action="store_true",
+                    help="the sans-IO codec and state machines alone, both roles in one process")
     args = ap.parse_args()
+    if args.core:
+        print(json.dumps(core_bench(args.count, args.window), indent=2))
+        return
     port = _free_port()
     sim = _start_sim(port, args.dlr_delay_ms)
     try:

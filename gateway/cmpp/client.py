@@ -25,7 +25,7 @@ import msgspec
 import trio
 
 from gateway.cmpp.auth import timestamp
-from gateway.cmpp.codec import decode_status_report
+from gateway.cmpp.codec import status_report_fields
 from gateway.cmpp.connection import (
     CmppConnection,
     ConnectionStatistics,
@@ -237,6 +237,14 @@ def _connect_timestamp(wall: float) -> int:
     return timestamp(tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
 
 
+async def _acquire(lock: trio.StrictFIFOLock) -> None:
+    """Take ``lock``; when it is free, without the scheduler round trip ``acquire()`` costs."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 class CmppLink:
     """The SP end of one CMPP connection. Start with ``await nursery.start(link.run)``."""
 
@@ -281,8 +289,14 @@ class CmppLink:
         return self._up
 
     async def submit(self, request: SubmitRequest) -> None:
-        """Queue a SUBMIT; waits while the link's input queue is full (backpressure)."""
-        await self._input_send.send(request)
+        """Queue a SUBMIT; waits while the link's input queue is full (backpressure).
+
+        With room in the queue it returns without a scheduler round trip (no checkpoint), so
+        a caller queueing many in a row does so in one step; a full queue always waits."""
+        try:
+            self._input_send.send_nowait(request)
+        except trio.WouldBlock:
+            await self._input_send.send(request)
 
     def submit_nowait(self, request: SubmitRequest) -> None:
         """Queue a SUBMIT or raise trio.WouldBlock when the input queue is full."""
@@ -436,8 +450,11 @@ class CmppLink:
 
     async def _write(self, stream: trio.SocketStream, data: bytes) -> None:
         if data:
-            async with self._write_lock:
+            await _acquire(self._write_lock)
+            try:
                 await stream.send_all(data)
+            finally:
+                self._write_lock.release()
 
     async def _reader(self, stream: trio.SocketStream, conn: CmppConnection) -> None:
         await self._drain(stream, conn)  # frames that came in the same read as CONNECT_RESP
@@ -464,6 +481,7 @@ class CmppLink:
         assert bucket is not None
         while True:
             while not conn.window_available():
+                self._window_freed = trio.Event()
                 await self._window_freed.wait()
             if trio.current_time() < self._paused_until:
                 await trio.sleep_until(self._paused_until)
@@ -476,11 +494,14 @@ class CmppLink:
             if self._retry:
                 request = self._retry.popleft()
             else:
-                # Wait for input; a request coming back for retry (Result 8) ends the wait.
-                request = None
-                with trio.CancelScope() as self._input_wait:
-                    request = await self._input_recv.receive()
-                self._input_wait = None
+                try:  # queued input needs no wait (the write below is the checkpoint)
+                    request = self._input_recv.receive_nowait()
+                except trio.WouldBlock:
+                    # Wait for input; a request coming back for retry (Result 8) ends the wait.
+                    request = None
+                    with trio.CancelScope() as self._input_wait:
+                        request = await self._input_recv.receive()
+                    self._input_wait = None
                 if request is None:
                     continue
                 if trio.current_time() < self._paused_until or not conn.window_available():
@@ -496,14 +517,22 @@ class CmppLink:
             # Whatever else the window, the rate and the input allow right now goes in the same
             # write: one syscall for a window's worth of SUBMITs. Each is tracked by the
             # connection as it is framed, so a failed write loses none (they are re-submitted).
+            retry, take_input, send, to_submit = (
+                self._retry, self._input_recv.receive_nowait, conn.send, self._to_submit)
             while len(frames) < MAX_SUBMITS_PER_WRITE and conn.window_available() and now >= self._paused_until:
-                if not self._retry and self._input_send.statistics().current_buffer_used == 0:
-                    break
-                if bucket.delay(now) > 0:
-                    break
-                more = self._retry.popleft() if self._retry else self._input_recv.receive_nowait()
-                bucket.try_take(now)
-                frames.append(conn.send(self._to_submit(more), now=now, context=more))
+                if retry:
+                    if not bucket.try_take(now):
+                        break
+                    more = retry.popleft()
+                else:
+                    try:
+                        more = take_input()
+                    except trio.WouldBlock:
+                        break
+                    if not bucket.try_take(now):
+                        retry.appendleft(more)  # first in line once the rate allows
+                        break
+                frames.append(send(to_submit(more), now=now, context=more))
             self.submitted += len(frames)
             await self._write(stream, b"".join(frames))
 
@@ -531,15 +560,38 @@ class CmppLink:
     async def _drain(self, stream: trio.SocketStream, conn: CmppConnection) -> None:
         """Handle every event the last read produced; the responses they call for (DELIVER_RESP,
         ACTIVE_TEST_RESP) go out together in one write, after the events were passed on."""
-        async with self._event_lock:
+        await _acquire(self._event_lock)
+        try:
             self._replies = bytearray()
+            now = trio.current_time()  # one time for the events of one read
             try:
                 while (ev := conn.next_event()) is not None:
+                    if type(ev) is ResponseReceived:
+                        # The steady state's bulk, without a coroutine per event: a SUBMIT_RESP.
+                        self._wake_pump()
+                        resp, req = ev.response, ev.context
+                        if type(resp) is SubmitResp and type(req) is SubmitRequest:
+                            out = self._on_submit_resp(req, resp, now)
+                            if out is not None:
+                                await self._emit(out)
+                        continue
+                    if (
+                        type(ev) is RequestReceived and type(ev.pdu) is Deliver
+                        and ev.pdu.registered_delivery == 1 and not conn.closed
+                    ):
+                        # ... and a status report, answered in this read's one write.
+                        deliver = ev.pdu
+                        await self._emit(self._report_event(deliver))
+                        self._replies += conn.respond(
+                            ev.sequence_id, DeliverResp(msg_id=deliver.msg_id), now=now)
+                        continue
                     await self._on_event(ev, stream, conn)
             finally:
                 replies, self._replies = self._replies, None
                 if replies and not conn.closed:
                     await self._write(stream, bytes(replies))
+        finally:
+            self._event_lock.release()
 
     async def _reply(self, stream: trio.SocketStream, data: bytes) -> None:
         if self._replies is not None:
@@ -548,21 +600,18 @@ class CmppLink:
             await self._write(stream, data)
 
     def _wake_pump(self) -> None:
+        # The pump makes a fresh Event each time it waits for room; setting a set one is a no-op.
         self._window_freed.set()
-        self._window_freed = trio.Event()
 
     async def _on_event(self, ev: Event, stream: trio.SocketStream, conn: CmppConnection) -> None:
         name = self.config.name
         now = trio.current_time()
         match ev:
-            case ResponseReceived(response=SubmitResp() as resp, context=SubmitRequest() as req):
-                self._wake_pump()
-                await self._on_submit_resp(req, resp, now)
             case ResponseReceived():
                 self._wake_pump()
             case RequestReceived(pdu=Deliver() as deliver):
                 if deliver.registered_delivery == 1:
-                    await self._on_report(deliver)
+                    await self._emit(self._report_event(deliver))
                 else:
                     await self._on_mo(deliver, now)
                 if not conn.closed:
@@ -600,13 +649,14 @@ class CmppLink:
                 logger.debug("cmpp stray response link=%s seq=%d pdu=%s", name, ev.sequence_id,
                              type(ev.pdu).__name__)
 
-    async def _on_submit_resp(self, req: SubmitRequest, resp: SubmitResp, now: float) -> None:
+    def _on_submit_resp(self, req: SubmitRequest, resp: SubmitResp,
+                        now: float) -> SubmitAcked | SubmitRejected | None:
+        """Account for a SUBMIT_RESP; returns the event to pass on (None: retried later)."""
         cfg = self.config
         if resp.result == SubmitResult.OK:
             self.acked += 1
             self._fc_backoff = cfg.flow_control_initial
-            await self._emit(SubmitAcked(link=cfg.name, ref=req.ref, msg_id=resp.msg_id))
-            return
+            return SubmitAcked(link=cfg.name, ref=req.ref, msg_id=resp.msg_id)
         if resp.result == SubmitResult.FLOW_CONTROL:
             self.flow_controlled += 1
             self._retry.append(req)
@@ -616,21 +666,20 @@ class CmppLink:
                 self._paused_until = now + self._fc_backoff
                 logger.info("cmpp flow control link=%s pause=%.2fs", cfg.name, self._fc_backoff)
                 self._fc_backoff = min(self._fc_backoff * 2, cfg.flow_control_max)
-            return
+            return None
         self.rejected += 1
         logger.info("cmpp submit rejected link=%s dest=%s result=%d", cfg.name,
                     mask_number(req.dest), resp.result)
-        await self._emit(SubmitRejected(link=cfg.name, ref=req.ref, result=resp.result,
-                                        transient=is_transient(resp.result)))
+        return SubmitRejected(link=cfg.name, ref=req.ref, result=resp.result,
+                              transient=is_transient(resp.result))
 
-    async def _on_report(self, deliver: Deliver) -> None:
-        report = decode_status_report(deliver.msg_content)  # length checked by the decoder
+    def _report_event(self, deliver: Deliver) -> StatusReport:
+        # The length was checked by the decoder; only the report's fields are decoded here.
+        fields = status_report_fields(deliver.msg_content)
+        msg_id, stat, submit_time, done_time, dest, _smsc_sequence = fields
         self.reports += 1
-        await self._emit(StatusReport(
-            link=self.config.name, msg_id=report.msg_id, stat=report.stat,
-            dest=report.dest_terminal_id, submit_time=report.submit_time,
-            done_time=report.done_time,
-        ))
+        return StatusReport(link=self.config.name, msg_id=msg_id, stat=stat, dest=dest,
+                            submit_time=submit_time, done_time=done_time)
 
     async def _on_mo(self, deliver: Deliver, now: float) -> None:
         src = deliver.src_terminal_id

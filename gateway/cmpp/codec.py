@@ -10,8 +10,9 @@ reports, empty ACTIVE_TEST_RESP) and strict about lengths otherwise.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.cmpp.errors import LocalProtocolError, RemoteProtocolError
 from gateway.cmpp.pdus import (
@@ -42,12 +43,16 @@ __all__ = [
     "MAX_FRAME",
     "MAX_DESTINATIONS",
     "MAX_MSG_LENGTH",
+    "TEXT_CACHE_SIZE",
     "Layout",
     "LAYOUT_2_0",
     "LAYOUT_3_0",
     "layout_for",
     "encode",
+    "encode_general",
     "encode_status_report",
+    "encode_status_report_general",
+    "status_report_fields",
     "decode_status_report",
     "decode_body",
     "FrameDecoder",
@@ -86,6 +91,23 @@ class Layout:
     cancel: struct.Struct
     cancel_resp: struct.Struct
     active_test_resp: struct.Struct
+    # Whole frames, header included, for the PDUs of the steady state: one pack per frame.
+    submit_resp_frame: struct.Struct
+    deliver_resp_frame: struct.Struct
+    #: SUBMIT to one destination, indexed by Msg_Length (0..MAX_MSG_LENGTH).
+    submit_frames: tuple[struct.Struct, ...]
+    #: DELIVER, indexed by Msg_Length (0..255).
+    deliver_frames: tuple[struct.Struct, ...]
+
+
+def _frame(header: str, body: str) -> struct.Struct:
+    return struct.Struct(">" + header + body.removeprefix(">"))
+
+
+_SUBMIT_HEAD_2_0 = ">QBBBB10sB21sBBB6s2s6s17s17s21sB"
+_SUBMIT_HEAD_3_0 = ">QBBBB10sB32sBBBB6s2s6s17s17s21sB"
+_DELIVER_HEAD_2_0 = ">Q21s10sBBB21sBB"
+_DELIVER_HEAD_3_0 = ">Q21s10sBBB32sBBB"
 
 
 LAYOUT_2_0 = Layout(
@@ -96,14 +118,14 @@ LAYOUT_2_0 = Layout(
     # Msg_Id Pk_total Pk_number Registered_Delivery Msg_level Service_Id Fee_UserType
     # Fee_terminal_Id TP_pId TP_udhi Msg_Fmt Msg_src FeeType FeeCode ValId_Time At_Time
     # Src_Id DestUsr_tl
-    submit_head=struct.Struct(">QBBBB10sB21sBBB6s2s6s17s17s21sB"),
+    submit_head=struct.Struct(_SUBMIT_HEAD_2_0),
     dest_terminal_id=struct.Struct(">21s"),
     submit_dest_tail=struct.Struct(">B"),
     submit_tail=struct.Struct(">8s"),
     submit_resp=struct.Struct(">QB"),
     # Msg_Id Dest_Id Service_Id TP_pid TP_udhi Msg_Fmt Src_terminal_Id Registered_Delivery
     # Msg_Length
-    deliver_head=struct.Struct(">Q21s10sBBB21sBB"),
+    deliver_head=struct.Struct(_DELIVER_HEAD_2_0),
     deliver_tail=struct.Struct(">8s"),
     deliver_resp=struct.Struct(">QB"),
     status_report=struct.Struct(">Q7s10s10s21sI"),
@@ -112,6 +134,12 @@ LAYOUT_2_0 = Layout(
     cancel=struct.Struct(">Q"),
     cancel_resp=struct.Struct(">B"),
     active_test_resp=struct.Struct(">B"),
+    submit_resp_frame=_frame("III", ">QB"),
+    deliver_resp_frame=_frame("III", ">QB"),
+    submit_frames=tuple(
+        _frame("III", f"{_SUBMIT_HEAD_2_0[1:]}21sB{n}s8s") for n in range(MAX_MSG_LENGTH + 1)
+    ),
+    deliver_frames=tuple(_frame("III", f"{_DELIVER_HEAD_2_0[1:]}{n}s8s") for n in range(256)),
 )
 
 LAYOUT_3_0 = Layout(
@@ -120,13 +148,13 @@ LAYOUT_3_0 = Layout(
     connect=struct.Struct(">6s16sBI"),
     connect_resp=struct.Struct(">I16sB"),
     # as 2.0, with Fee_terminal_Id 32 + Fee_terminal_type 1
-    submit_head=struct.Struct(">QBBBB10sB32sBBBB6s2s6s17s17s21sB"),
+    submit_head=struct.Struct(_SUBMIT_HEAD_3_0),
     dest_terminal_id=struct.Struct(">32s"),
     submit_dest_tail=struct.Struct(">BB"),
     submit_tail=struct.Struct(">20s"),
     submit_resp=struct.Struct(">QI"),
     # as 2.0, with Src_terminal_Id 32 + Src_terminal_type 1
-    deliver_head=struct.Struct(">Q21s10sBBB32sBBB"),
+    deliver_head=struct.Struct(_DELIVER_HEAD_3_0),
     deliver_tail=struct.Struct(">20s"),
     deliver_resp=struct.Struct(">QI"),
     status_report=struct.Struct(">Q7s10s10s32sI"),
@@ -135,6 +163,12 @@ LAYOUT_3_0 = Layout(
     cancel=struct.Struct(">Q"),
     cancel_resp=struct.Struct(">I"),
     active_test_resp=struct.Struct(">B"),
+    submit_resp_frame=_frame("III", ">QI"),
+    deliver_resp_frame=_frame("III", ">QI"),
+    submit_frames=tuple(
+        _frame("III", f"{_SUBMIT_HEAD_3_0[1:]}32sBB{n}s20s") for n in range(MAX_MSG_LENGTH + 1)
+    ),
+    deliver_frames=tuple(_frame("III", f"{_DELIVER_HEAD_3_0[1:]}{n}s20s") for n in range(256)),
 )
 
 _STATUS_REPORT_LAYOUTS = {
@@ -143,8 +177,17 @@ _STATUS_REPORT_LAYOUTS = {
 }
 
 
+_LAYOUT_BY_VERSION = {0x20: LAYOUT_2_0, 0x21: LAYOUT_2_0, 0x30: LAYOUT_3_0}
+_SUBMIT_RESP_BY_SIZE = {s.size: s for s in (LAYOUT_2_0.submit_resp, LAYOUT_3_0.submit_resp)}
+_DELIVER_RESP_BY_SIZE = {s.size: s for s in (LAYOUT_2_0.deliver_resp, LAYOUT_3_0.deliver_resp)}
+_STATUS_REPORT_SIZES = frozenset(_STATUS_REPORT_LAYOUTS)
+
+
 def layout_for(version: int) -> Layout:
     """The layout table for a Version byte: major 2 (0x20, 0x21) or 3 (0x30)."""
+    layout = _LAYOUT_BY_VERSION.get(version)
+    if layout is not None:
+        return layout
     major = major_version(version)
     if major == 2:
         return LAYOUT_2_0
@@ -169,7 +212,29 @@ def _octets(value: str, width: int, name: str) -> bytes:
 
 def _text(raw: bytes) -> str:
     """A received fixed-width string: up to the first NUL, ASCII, tolerant of junk bytes."""
-    return raw.split(b"\x00", 1)[0].decode("ascii", errors="replace")
+    end = raw.find(0)
+    return (raw if end < 0 else raw[:end]).decode("ascii", "replace")
+
+
+#: Distinct fixed-width strings a FrameDecoder remembers (service ids, service numbers, fee
+#: codes: the fields that repeat from PDU to PDU); past this it starts afresh.
+TEXT_CACHE_SIZE = 1024
+
+
+def _text_cache(size: int = TEXT_CACHE_SIZE) -> Callable[[bytes], str]:
+    """:func:`_text` remembering its answers, for the fields that repeat (one per decoder)."""
+    cache: dict[bytes, str] = {}
+    get = cache.get
+
+    def text(raw: bytes) -> str:
+        value = get(raw)
+        if value is None:
+            if len(cache) >= size:
+                cache.clear()
+            value = cache[raw] = _text(raw)
+        return value
+
+    return text
 
 
 def _u8(value: int, name: str) -> int:
@@ -199,6 +264,26 @@ def _status_width(layout: Layout, value: int, name: str) -> int:
 
 def encode_status_report(report: StatusReportBody, version: int) -> bytes:
     """The 60-byte (2.0) or 71-byte (3.0) status report body (cmpp.md "Status report")."""
+    layout = _LAYOUT_BY_VERSION.get(version) or layout_for(version)
+    stat, submit_time, done_time, dest = (
+        report.stat, report.submit_time, report.done_time, report.dest_terminal_id)
+    if (
+        len(stat) <= 7 and len(submit_time) <= 10 and len(done_time) <= 10
+        and len(dest) <= layout.terminal_id_width
+        and (stat + submit_time + done_time + dest).isascii()
+    ):
+        try:  # one pack; an integer out of range falls to the field-by-field path below
+            return layout.status_report.pack(
+                report.msg_id, stat.encode(), submit_time.encode(), done_time.encode(),
+                dest.encode(), report.smsc_sequence,
+            )
+        except struct.error:
+            pass
+    return encode_status_report_general(report, layout.version)
+
+
+def encode_status_report_general(report: StatusReportBody, version: int) -> bytes:
+    """:func:`encode_status_report` field by field, naming a bad field in its error."""
     layout = layout_for(version)
     return layout.status_report.pack(
         _u64(report.msg_id, "msg_id"),
@@ -210,20 +295,28 @@ def encode_status_report(report: StatusReportBody, version: int) -> bytes:
     )
 
 
-def decode_status_report(content: bytes) -> StatusReportBody:
-    """Decode a status report body of either layout, chosen by its length (60 or 71)."""
+def status_report_fields(content: bytes) -> tuple[int, str, str, str, str, int]:
+    """A status report body of either layout, chosen by its length (60 or 71), as the tuple
+    (msg_id, stat, submit_time, done_time, dest_terminal_id, smsc_sequence): what
+    :func:`decode_status_report` returns, without building the Struct."""
     layout = _STATUS_REPORT_LAYOUTS.get(len(content))
     if layout is None:
         raise RemoteProtocolError(
             f"status report of {len(content)} bytes (expected 60 or 71)"
         )
     msg_id, stat, submit_time, done_time, dest, smsc_sequence = layout.unpack(content)
+    return msg_id, _text(stat), _text(submit_time), _text(done_time), _text(dest), smsc_sequence
+
+
+def decode_status_report(content: bytes) -> StatusReportBody:
+    """Decode a status report body of either layout, chosen by its length (60 or 71)."""
+    msg_id, stat, submit_time, done_time, dest, smsc_sequence = status_report_fields(content)
     return StatusReportBody(
         msg_id=msg_id,
-        stat=_text(stat),
-        submit_time=_text(submit_time),
-        done_time=_text(done_time),
-        dest_terminal_id=_text(dest),
+        stat=stat,
+        submit_time=submit_time,
+        done_time=done_time,
+        dest_terminal_id=dest,
         smsc_sequence=smsc_sequence,
     )
 
@@ -371,8 +464,113 @@ def _encode_body(pdu: Pdu, layout: Layout) -> tuple[int, bytes]:
     raise LocalProtocolError(f"not a CMPP PDU: {type(pdu).__name__}")
 
 
+# --- fast paths ------------------------------------------------------------------------------
+#
+# The PDUs of the steady state (SUBMIT to one number, its SUBMIT_RESP, DELIVER, DELIVER_RESP)
+# are packed header and body in one call of a whole-frame Struct. Each returns None when the
+# PDU is not of the shape it handles, or has a string field that is too long or not ASCII;
+# integers out of range make the Struct raise struct.error. Either way :func:`encode` then
+# takes the general path, which checks field by field and names the culprit in its
+# LocalProtocolError, so the bytes and the errors are those of the general path.
+
+
+def _fast_submit(pdu: Submit, layout: Layout, seq: int) -> bytes | None:
+    dests = pdu.dest_terminal_ids
+    content = pdu.msg_content
+    if len(dests) != 1 or len(content) > MAX_MSG_LENGTH or not 1 <= pdu.pk_number <= pdu.pk_total:
+        return None
+    dest = dests[0]
+    width = layout.terminal_id_width
+    service_id, fee_terminal_id, msg_src = pdu.service_id, pdu.fee_terminal_id, pdu.msg_src
+    fee_type, fee_code, valid_time = pdu.fee_type, pdu.fee_code, pdu.valid_time
+    at_time, src_id, link_id = pdu.at_time, pdu.src_id, pdu.link_id
+    if (
+        len(service_id) > 10 or len(fee_terminal_id) > width or len(msg_src) > 6
+        or len(fee_type) > 2 or len(fee_code) > 6 or len(valid_time) > 17 or len(at_time) > 17
+        or len(src_id) > 21 or len(dest) > width or len(link_id) > 20
+        or not (service_id + fee_terminal_id + msg_src + fee_type + fee_code + valid_time
+                + at_time + src_id + dest + link_id).isascii()
+    ):
+        return None
+    frame = layout.submit_frames[len(content)]
+    if layout is LAYOUT_3_0:
+        return frame.pack(
+            frame.size, CommandId.SUBMIT, seq, pdu.msg_id, pdu.pk_total, pdu.pk_number,
+            pdu.registered_delivery, pdu.msg_level, service_id.encode(), pdu.fee_usertype,
+            fee_terminal_id.encode(), pdu.fee_terminal_type, pdu.tp_pid, pdu.tp_udhi,
+            pdu.msg_fmt, msg_src.encode(), fee_type.encode(), fee_code.encode(),
+            valid_time.encode(), at_time.encode(), src_id.encode(), 1, dest.encode(),
+            pdu.dest_terminal_type, len(content), content, link_id.encode(),
+        )
+    return frame.pack(
+        frame.size, CommandId.SUBMIT, seq, pdu.msg_id, pdu.pk_total, pdu.pk_number,
+        pdu.registered_delivery, pdu.msg_level, service_id.encode(), pdu.fee_usertype,
+        fee_terminal_id.encode(), pdu.tp_pid, pdu.tp_udhi, pdu.msg_fmt, msg_src.encode(),
+        fee_type.encode(), fee_code.encode(), valid_time.encode(), at_time.encode(),
+        src_id.encode(), 1, dest.encode(), len(content), content, b"",
+    )
+
+
+def _fast_deliver(pdu: Deliver, layout: Layout, seq: int) -> bytes | None:
+    content = pdu.msg_content
+    dest_id, service_id, link_id = pdu.dest_id, pdu.service_id, pdu.link_id
+    src = pdu.src_terminal_id
+    if (
+        len(content) > 0xFF or len(dest_id) > 21 or len(service_id) > 10
+        or len(src) > layout.terminal_id_width or len(link_id) > 20
+        or not (dest_id + service_id + src + link_id).isascii()
+    ):
+        return None
+    frame = layout.deliver_frames[len(content)]
+    if layout is LAYOUT_3_0:
+        return frame.pack(
+            frame.size, CommandId.DELIVER, seq, pdu.msg_id, dest_id.encode(),
+            service_id.encode(), pdu.tp_pid, pdu.tp_udhi, pdu.msg_fmt, src.encode(),
+            pdu.src_terminal_type, pdu.registered_delivery, len(content), content,
+            link_id.encode(),
+        )
+    return frame.pack(
+        frame.size, CommandId.DELIVER, seq, pdu.msg_id, dest_id.encode(), service_id.encode(),
+        pdu.tp_pid, pdu.tp_udhi, pdu.msg_fmt, src.encode(), pdu.registered_delivery,
+        len(content), content, b"",
+    )
+
+
+def _fast_submit_resp(pdu: SubmitResp, layout: Layout, seq: int) -> bytes:
+    frame = layout.submit_resp_frame
+    return frame.pack(frame.size, CommandId.SUBMIT_RESP, seq, pdu.msg_id, pdu.result)
+
+
+def _fast_deliver_resp(pdu: DeliverResp, layout: Layout, seq: int) -> bytes:
+    frame = layout.deliver_resp_frame
+    return frame.pack(frame.size, CommandId.DELIVER_RESP, seq, pdu.msg_id, pdu.result)
+
+
+_FAST_ENCODERS: dict[type, Callable[[Any, Layout, int], bytes | None]] = {
+    Submit: _fast_submit,
+    SubmitResp: _fast_submit_resp,
+    Deliver: _fast_deliver,
+    DeliverResp: _fast_deliver_resp,
+}
+
+
 def encode(pdu: Pdu, sequence_id: int, version: int) -> bytes:
     """One complete frame: header plus body in the layout of ``version`` (cmpp.md "Header")."""
+    layout = _LAYOUT_BY_VERSION.get(version) or layout_for(version)
+    fast = _FAST_ENCODERS.get(type(pdu))
+    if fast is not None:
+        try:
+            frame = fast(pdu, layout, sequence_id)
+        except struct.error:
+            frame = None  # an integer out of range: the general path says which
+        if frame is not None:
+            return frame
+    return encode_general(pdu, sequence_id, layout.version)
+
+
+def encode_general(pdu: Pdu, sequence_id: int, version: int) -> bytes:
+    """:func:`encode` without the whole-frame fast paths: every field checked and packed in
+    turn. The reference the fast paths are tested against."""
     layout = layout_for(version)
     command_id, body = _encode_body(pdu, layout)
     total = HEADER_LENGTH + len(body)
@@ -397,7 +595,7 @@ def _by_length(options: tuple[struct.Struct, ...], body: bytes, what: str) -> tu
     raise RemoteProtocolError(f"bad {what} body length {len(body)}, expected {sizes}")
 
 
-def _decode_submit(body: bytes, layout: Layout) -> Submit:
+def _decode_submit(body: bytes, layout: Layout, text: Callable[[bytes], str] = _text) -> Submit:
     v3 = layout is LAYOUT_3_0
     head = layout.submit_head
     if len(body) < head.size:
@@ -418,7 +616,12 @@ def _decode_submit(body: bytes, layout: Layout) -> Submit:
     tail_s = layout.submit_dest_tail
     if len(body) < dests_end + tail_s.size:
         raise RemoteProtocolError(f"truncated SUBMIT body: {len(body)} bytes for {n_dest} destinations")
-    dests = tuple(_text(dest_s.unpack_from(body, offset + i * dest_s.size)[0]) for i in range(n_dest))
+    if n_dest == 1:
+        dests: tuple[str, ...] = (_text(dest_s.unpack_from(body, offset)[0]),)
+    else:
+        dests = tuple(
+            _text(dest_s.unpack_from(body, offset + i * dest_s.size)[0]) for i in range(n_dest)
+        )
     if v3:
         dest_terminal_type, msg_length = tail_s.unpack_from(body, dests_end)
     else:
@@ -437,27 +640,27 @@ def _decode_submit(body: bytes, layout: Layout) -> Submit:
         pk_number=pk_number,
         registered_delivery=reg,
         msg_level=level,
-        service_id=_text(service_id),
+        service_id=text(service_id),
         fee_usertype=fee_usertype,
-        fee_terminal_id=_text(fee_terminal_id),
+        fee_terminal_id=text(fee_terminal_id),
         fee_terminal_type=fee_terminal_type,
         tp_pid=tp_pid,
         tp_udhi=tp_udhi,
         msg_fmt=msg_fmt,
-        msg_src=_text(msg_src),
-        fee_type=_text(fee_type),
-        fee_code=_text(fee_code),
-        valid_time=_text(valid_time),
-        at_time=_text(at_time),
-        src_id=_text(src_id),
+        msg_src=text(msg_src),
+        fee_type=text(fee_type),
+        fee_code=text(fee_code),
+        valid_time=text(valid_time),
+        at_time=text(at_time),
+        src_id=text(src_id),
         dest_terminal_ids=dests,
         dest_terminal_type=dest_terminal_type,
         msg_content=content,
-        link_id=_text(tail) if v3 else "",
+        link_id=text(tail) if v3 else "",
     )
 
 
-def _decode_deliver(body: bytes, layout: Layout) -> Deliver:
+def _decode_deliver(body: bytes, layout: Layout, text: Callable[[bytes], str] = _text) -> Deliver:
     v3 = layout is LAYOUT_3_0
     head = layout.deliver_head
     if len(body) < head.size:
@@ -474,13 +677,14 @@ def _decode_deliver(body: bytes, layout: Layout) -> Deliver:
         kind = "truncated" if len(body) < expected else "over-long"
         raise RemoteProtocolError(f"{kind} DELIVER body: {len(body)} bytes, expected {expected}")
     content = body[head.size : head.size + msg_length]
-    if reg == 1:
-        decode_status_report(content)  # a malformed report is a malformed frame
+    if reg == 1 and len(content) not in _STATUS_REPORT_SIZES:
+        # A malformed report is a malformed frame (the length is all there is to check).
+        raise RemoteProtocolError(f"status report of {len(content)} bytes (expected 60 or 71)")
     (tail,) = layout.deliver_tail.unpack_from(body, head.size + msg_length)
     return Deliver(
         msg_id=msg_id,
-        dest_id=_text(dest_id),
-        service_id=_text(service_id),
+        dest_id=text(dest_id),
+        service_id=text(service_id),
         tp_pid=tp_pid,
         tp_udhi=tp_udhi,
         msg_fmt=msg_fmt,
@@ -488,7 +692,7 @@ def _decode_deliver(body: bytes, layout: Layout) -> Deliver:
         src_terminal_type=src_type,
         registered_delivery=reg,
         msg_content=content,
-        link_id=_text(tail) if v3 else "",
+        link_id=text(tail) if v3 else "",
     )
 
 
@@ -497,23 +701,29 @@ def _expect_empty(body: bytes, what: str) -> None:
         raise RemoteProtocolError(f"over-long {what} body: {len(body)} bytes, expected 0")
 
 
-def decode_body(command_id: int, body: bytes, version: int) -> Pdu:
-    """Decode one PDU body (without its header) as sent by a peer speaking ``version``."""
-    layout = layout_for(version)
+def decode_body(command_id: int, body: bytes, version: int, *,
+                text: Callable[[bytes], str] = _text) -> Pdu:
+    """Decode one PDU body (without its header) as sent by a peer speaking ``version``.
+
+    ``text`` decodes the SUBMIT and DELIVER fields that repeat from PDU to PDU (a
+    FrameDecoder passes one that remembers them)."""
+    layout = _LAYOUT_BY_VERSION.get(version) or layout_for(version)
     match command_id:
         case CommandId.SUBMIT:
-            return _decode_submit(body, layout)
+            return _decode_submit(body, layout, text)
         case CommandId.SUBMIT_RESP:
-            msg_id, result = _by_length(
-                (LAYOUT_2_0.submit_resp, LAYOUT_3_0.submit_resp), body, "SUBMIT_RESP"
-            )
+            resp = _SUBMIT_RESP_BY_SIZE.get(len(body))
+            if resp is None:
+                _by_length((LAYOUT_2_0.submit_resp, LAYOUT_3_0.submit_resp), body, "SUBMIT_RESP")
+            msg_id, result = resp.unpack(body)
             return SubmitResp(msg_id=msg_id, result=result)
         case CommandId.DELIVER:
-            return _decode_deliver(body, layout)
+            return _decode_deliver(body, layout, text)
         case CommandId.DELIVER_RESP:
-            msg_id, result = _by_length(
-                (LAYOUT_2_0.deliver_resp, LAYOUT_3_0.deliver_resp), body, "DELIVER_RESP"
-            )
+            resp = _DELIVER_RESP_BY_SIZE.get(len(body))
+            if resp is None:
+                _by_length((LAYOUT_2_0.deliver_resp, LAYOUT_3_0.deliver_resp), body, "DELIVER_RESP")
+            msg_id, result = resp.unpack(body)
             return DeliverResp(msg_id=msg_id, result=result)
         case CommandId.ACTIVE_TEST:
             _expect_empty(body, "ACTIVE_TEST")
@@ -582,6 +792,7 @@ class FrameDecoder:
         self.version = version
         self._buffer = bytearray()
         self._error: RemoteProtocolError | None = None
+        self._text = _text_cache()
 
     @property
     def buffered(self) -> int:
@@ -612,22 +823,34 @@ class FrameDecoder:
 
     def next_frame(self) -> tuple[Header, Pdu] | None:
         """The next complete frame, or None when more bytes are needed."""
+        frame = self.next_pdu()
+        if frame is None:
+            return None
+        total, command_id, sequence_id, pdu = frame
+        return Header(total_length=total, command_id=command_id, sequence_id=sequence_id), pdu
+
+    def next_pdu(self) -> tuple[int, int, int, Pdu] | None:
+        """:meth:`next_frame` as a plain tuple ``(total_length, command_id, sequence_id, pdu)``,
+        with no Header built: the per-frame path of the connection."""
         if self._error is not None:
             raise self._error
-        if len(self._buffer) < HEADER_LENGTH:
+        buffer = self._buffer
+        if len(buffer) < HEADER_LENGTH:
             return None
-        total, command_id, sequence_id = self._check_header()
-        if len(self._buffer) < total:
+        total, command_id, sequence_id = HEADER.unpack_from(buffer)
+        if total < HEADER_LENGTH or total > MAX_FRAME or command_id not in _KNOWN_COMMANDS:
+            self._check_header()  # raises, saying which
+        if len(buffer) < total:
             return None
-        body = bytes(self._buffer[HEADER_LENGTH:total])
-        del self._buffer[:total]
+        body = bytes(buffer[HEADER_LENGTH:total])
+        del buffer[:total]
         try:
-            pdu = decode_body(command_id, body, self.version)
+            pdu = decode_body(command_id, body, self.version, text=self._text)
         except RemoteProtocolError as exc:
             raise self._fail(
                 f"{CommandId(command_id).name} seq={sequence_id}: {exc.reason}"
             ) from None
-        return Header(total_length=total, command_id=command_id, sequence_id=sequence_id), pdu
+        return total, command_id, sequence_id, pdu
 
     def __iter__(self) -> Iterator[tuple[Header, Pdu]]:
         while (frame := self.next_frame()) is not None:

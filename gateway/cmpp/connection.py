@@ -209,6 +209,12 @@ _RESPONSE_FOR: dict[type, type] = {
     ActiveTest: ActiveTestResp,
 }
 _WINDOWED = (Submit, Deliver, Query, Cancel)
+_WINDOWED_TYPES = frozenset(_WINDOWED)
+_RESPONSE_TYPES = frozenset(_RESPONSE_FOR.values())
+#: Requests reported as RequestReceived on an established link without further checks.
+_STEADY_REQUESTS = frozenset({Submit, Deliver, Query, Cancel, ActiveTest})
+#: Responses respond() frames on an established link without further checks.
+_STEADY_RESPONSES = frozenset({SubmitResp, DeliverResp, ActiveTestResp, QueryResp, CancelResp})
 
 
 @dataclass(slots=True)
@@ -270,7 +276,8 @@ class CmppConnection:
         self._decoder = FrameDecoder(version)
         self._events: deque[Event] = deque()
         self._pending: dict[int, _Pending] = {}
-        self._windowed = 0
+        self._windowed = 0  # windowed requests outstanding: the window in use, kept O(1)
+        self._active_tests = 0  # ACTIVE_TESTs outstanding (a heartbeat is due only without one)
         self._next_seq = first_sequence_id
         self._last_rx: float | None = None
         self._login_seq: int | None = None
@@ -375,10 +382,10 @@ class CmppConnection:
         self.bytes_received += len(data)
         try:
             self._decoder.feed(data)
-            while self.state is not State.CLOSED and (frame := self._decoder.next_frame()):
-                header, pdu = frame
+            next_pdu = self._decoder.next_pdu
+            while self.state is not State.CLOSED and (frame := next_pdu()):
                 self._last_rx = now
-                self._handle(header.sequence_id, pdu)
+                self._handle(frame[2], frame[3])
         except RemoteProtocolError as exc:
             self._fail(exc.reason)
 
@@ -391,11 +398,15 @@ class CmppConnection:
         self._events.append(ProtocolFailure(reason=reason))
 
     def _handle(self, seq: int, pdu: Pdu) -> None:
-        if is_response(pdu):
+        kind = type(pdu)
+        if kind in _RESPONSE_TYPES:
             self.responses_received += 1
             self._handle_response(seq, pdu)
             return
         self.requests_received += 1
+        if self.state is State.ESTABLISHED and kind in _STEADY_REQUESTS:
+            self._events.append(RequestReceived(sequence_id=seq, pdu=pdu))
+            return
         if self.state is State.AWAIT_CONNECT:
             if not isinstance(pdu, Connect):
                 self._fail(f"CONNECT expected, got {type(pdu).__name__}")
@@ -445,7 +456,7 @@ class CmppConnection:
 
     def _handle_response(self, seq: int, pdu: Pdu) -> None:
         pending = self._pending.get(seq)
-        if pending is None or not isinstance(pdu, _RESPONSE_FOR[type(pending.pdu)]):
+        if pending is None or type(pdu) is not _RESPONSE_FOR[type(pending.pdu)]:
             self.stray_responses += 1
             if self.state is State.AWAIT_CONNECT_RESP:
                 self._fail(f"{type(pdu).__name__} seq={seq} while awaiting CONNECT_RESP")
@@ -455,6 +466,8 @@ class CmppConnection:
         del self._pending[seq]
         if pending.windowed:
             self._windowed -= 1
+        elif type(pdu) is ActiveTestResp:
+            self._active_tests -= 1
         if isinstance(pdu, ConnectResp):
             self._handle_connect_resp(pdu)
             return
@@ -497,6 +510,10 @@ class CmppConnection:
     # -- sending ----------------------------------------------------------------------------
 
     def _take_sequence_id(self) -> int:
+        seq = self._next_seq
+        if seq not in self._pending and seq < _MAX_SEQUENCE_ID:  # all but a wrap or a clash
+            self._next_seq = seq + 1
+            return seq
         for _ in range(len(self._pending) + 1):
             seq = self._next_seq
             self._next_seq = 1 if seq >= _MAX_SEQUENCE_ID else seq + 1
@@ -511,6 +528,8 @@ class CmppConnection:
         )
         if windowed:
             self._windowed += 1
+        elif type(pdu) is ActiveTest:
+            self._active_tests += 1
         self.requests_sent += 1
         self.bytes_sent += len(frame)
         return frame
@@ -522,6 +541,12 @@ class CmppConnection:
         an established link, this is a LocalProtocolError. ``context`` comes back in the
         matching :class:`ResponseReceived`. TERMINATE starts a graceful close.
         """
+        kind = type(pdu)
+        if kind in _WINDOWED_TYPES and self.state is State.ESTABLISHED:
+            # The steady state: SUBMIT (client) or DELIVER (server) within the window.
+            if self._windowed >= self.window:
+                raise LocalProtocolError(f"window full ({self.window} outstanding)")
+            return self._track(self._take_sequence_id(), pdu, now, context=context, windowed=True)
         if is_response(pdu):
             raise LocalProtocolError(f"{type(pdu).__name__} is a response: use respond()")
         if isinstance(pdu, Connect):
@@ -542,6 +567,11 @@ class CmppConnection:
 
     def respond(self, sequence_id: int, pdu: Pdu, *, now: float) -> bytes:
         """A response frame echoing the request's ``sequence_id``. TerminateResp closes."""
+        if self.state is State.ESTABLISHED and type(pdu) in _STEADY_RESPONSES:
+            frame = encode(pdu, sequence_id, self.version)
+            self.responses_sent += 1
+            self.bytes_sent += len(frame)
+            return frame
         if not is_response(pdu) or isinstance(pdu, ConnectResp):
             raise LocalProtocolError(f"{type(pdu).__name__} cannot be sent with respond()")
         if self.state in (State.CLOSED, State.IDLE, State.AWAIT_CONNECT, State.AWAIT_CONNECT_RESP,
@@ -561,7 +591,7 @@ class CmppConnection:
             self.state is not State.ESTABLISHED
             or self.active_test_interval is None
             or self._last_rx is None
-            or any(isinstance(p.pdu, ActiveTest) for p in self._pending.values())
+            or self._active_tests
         ):
             return None
         return self._last_rx + self.active_test_interval

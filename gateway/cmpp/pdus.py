@@ -349,7 +349,17 @@ class MsgId(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_int(self) -> int:
         """Pack into the u64 the ISMG sends; fields out of range are a LocalProtocolError."""
-        value = 0
+        month, day, hour, minute = self.month, self.day, self.hour, self.minute
+        second, gateway, sequence = self.second, self.gateway, self.sequence
+        if (
+            0 <= month < 16 and 0 <= day < 32 and 0 <= hour < 32 and 0 <= minute < 64
+            and 0 <= second < 64 and 0 <= gateway < (1 << 22) and 0 <= sequence < (1 << 16)
+        ):
+            return (
+                month << 60 | day << 55 | hour << 50 | minute << 44 | second << 38
+                | gateway << 16 | sequence
+            )
+        value = 0  # some field is out of range: find it, and name it
         for name, bits in _MSG_ID_FIELDS:
             part = getattr(self, name)
             if not 0 <= part < (1 << bits):
@@ -362,12 +372,11 @@ class MsgId(msgspec.Struct, frozen=True, kw_only=True):
         """Take a u64 Msg_Id apart."""
         if not 0 <= value < (1 << 64):
             raise LocalProtocolError(f"Msg_Id {value} is not a u64")
-        parts: dict[str, int] = {}
-        shift = 64
-        for name, bits in _MSG_ID_FIELDS:
-            shift -= bits
-            parts[name] = (value >> shift) & ((1 << bits) - 1)
-        return cls(**parts)
+        return cls(
+            month=value >> 60, day=value >> 55 & 0x1F, hour=value >> 50 & 0x1F,
+            minute=value >> 44 & 0x3F, second=value >> 38 & 0x3F, gateway=value >> 16 & 0x3FFFFF,
+            sequence=value & 0xFFFF,
+        )
 
     def __str__(self) -> str:
         return (

@@ -12,6 +12,9 @@ __all__ = ["TokenBucket"]
 
 #: Float slack: after sleeping exactly delay() the token must be there, rounding or not.
 _EPSILON = 1e-9
+#: Relative float slack: ``now + delay`` rounds to the resolution of ``now`` (about 2.2e-16
+#: of it), which is ``rate`` times as much in tokens; this covers it with room to spare.
+_RELATIVE_EPSILON = 1e-15
 
 
 class TokenBucket:
@@ -36,17 +39,20 @@ class TokenBucket:
         self._refill(now)
         return self._tokens
 
+    def _slack(self, now: float) -> float:
+        return _EPSILON + abs(now) * self.rate * _RELATIVE_EPSILON
+
     def delay(self, now: float) -> float:
         """Seconds until one token is available (0.0 if one is available now)."""
         self._refill(now)
-        if self._tokens >= 1 - _EPSILON:
+        if self._tokens >= 1 - self._slack(now):
             return 0.0
         return (1 - self._tokens) / self.rate
 
     def try_take(self, now: float) -> bool:
         """Take one token if available."""
         self._refill(now)
-        if self._tokens >= 1 - _EPSILON:
+        if self._tokens >= 1 - self._slack(now):
             self._tokens = max(0.0, self._tokens - 1)
             return True
         return False

@@ -191,6 +191,8 @@ class IsmgSimulator:
         self._msg_id_second = -1
         self._msg_id_high = 0
         self._smsc_sequence = 0
+        self._stamp_second = -1
+        self._stamp_text = ""
         self._mo_ref = 0
         # fault injection
         self.refuse_logins = False
@@ -323,6 +325,14 @@ class IsmgSimulator:
             self._msg_id_second = second
         return self._msg_id_high | (n & 0xFFFF)
 
+    def _stamp(self, epoch: float) -> str:
+        """YYMMDDHHMM (UTC) of ``epoch``, formatted once per second."""
+        second = int(epoch)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_text = _stamp(second)
+        return self._stamp_text
+
     def _pick_outcome(self) -> str:
         if len(self.outcomes) == 1:
             return next(iter(self.outcomes))
@@ -412,10 +422,17 @@ class _SpConnection:
         await self._send(data)
 
     async def _send(self, data: bytes) -> None:
-        async with self._write_lock:
+        lock = self._write_lock
+        try:  # a free lock is taken without a scheduler round trip (the send is one)
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if self.sim._take_garble():
                 data = (5).to_bytes(4, "big") + data[4:]
             await self.stream.send_all(data)
+        finally:
+            lock.release()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         while not self.conn.closed:
@@ -436,21 +453,37 @@ class _SpConnection:
         self.cancel_scope.cancel()
 
     async def _drain(self, nursery: trio.Nursery | None) -> None:
-        async with self._event_lock:
-            self._pending = bytearray()
-            try:
-                while (ev := self.conn.next_event()) is not None:
+        lock = self._event_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._drain_locked(nursery)
+        finally:
+            lock.release()
+
+    async def _drain_locked(self, nursery: trio.Nursery | None) -> None:
+        conn = self.conn
+        self._pending = bytearray()
+        try:
+            while (ev := conn.next_event()) is not None:
+                if type(ev) is RequestReceived and type(ev.pdu) is Submit and not conn.closed:
+                    await self._on_submit(ev.sequence_id, ev.pdu)  # the steady state's bulk
+                elif type(ev) is ResponseReceived and type(ev.response) is DeliverResp:
+                    self._on_deliver_resp(ev.context)
+                else:
                     await self._on_event(ev, nursery)
-            finally:
-                data, self._pending = bytes(self._pending), None
-                if data:
-                    # Shielded: a TERMINATE_RESP or a refusal must go out before the close.
-                    with trio.move_on_after(FLUSH_TIMEOUT) as scope:
-                        scope.shield = True
-                        try:
-                            await self._send(data)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                            logger.debug("ismg reply not sent peer=%s error=%r", self.peer, exc)
+        finally:
+            data, self._pending = bytes(self._pending), None
+            if data:
+                # Shielded: a TERMINATE_RESP or a refusal must go out before the close.
+                with trio.move_on_after(FLUSH_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        await self._send(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        logger.debug("ismg reply not sent peer=%s error=%r", self.peer, exc)
 
     async def _on_event(self, ev: object, nursery: trio.Nursery | None) -> None:
         sim = self.sim
@@ -493,14 +526,7 @@ class _SpConnection:
                     ev.sequence_id,
                     DeliverResp(msg_id=deliver.msg_id, result=DeliverResult.BAD_COMMAND), now=now))
             case ResponseReceived(response=DeliverResp(), context=_Outbound() as item):
-                if item.report is not None:
-                    sim.reports_acked += 1
-                else:
-                    sim.mo_acked += 1
-                if item.acked is not None:
-                    item.acked.set()
-                self._window_freed.set()
-                self._window_freed = trio.Event()
+                self._on_deliver_resp(item)
             case TerminateRequested():
                 await self._write(self.conn.respond(ev.sequence_id, TerminateResp(), now=now))
                 self.cancel_scope.cancel()
@@ -513,6 +539,19 @@ class _SpConnection:
                 self.cancel_scope.cancel()
             case StrayResponse():
                 logger.debug("ismg stray response peer=%s seq=%d", self.peer, ev.sequence_id)
+
+    def _on_deliver_resp(self, item: object) -> None:
+        if not isinstance(item, _Outbound):
+            return
+        sim = self.sim
+        if item.report is not None:
+            sim.reports_acked += 1
+        else:
+            sim.mo_acked += 1
+        if item.acked is not None:
+            item.acked.set()
+        # The deliverer makes a fresh Event each time it waits for room.
+        self._window_freed.set()
 
     async def _on_submit(self, seq: int, submit: Submit) -> None:
         sim = self.sim
@@ -542,13 +581,15 @@ class _SpConnection:
         await self._write(self.conn.respond(seq, SubmitResp(msg_id=msg_id, result=0), now=now))
         if submit.registered_delivery == 1:
             assert sim._send_out is not None
-            submit_stamp = _stamp(time.time())
+            wall = time.time()
+            submit_stamp = sim._stamp(wall)
+            done_stamp = sim._stamp(wall + sim.dlr_delay)
             for dest in submit.dest_terminal_ids:
                 stat = sim._pick_outcome()
                 sim._smsc_sequence = (sim._smsc_sequence + 1) & 0xFFFFFFFF
                 report = StatusReportBody(
                     msg_id=msg_id, stat=stat, submit_time=submit_stamp,
-                    done_time=_stamp(time.time() + sim.dlr_delay), dest_terminal_id=dest,
+                    done_time=done_stamp, dest_terminal_id=dest,
                     smsc_sequence=sim._smsc_sequence,
                 )
                 sim.reports_queued += 1
@@ -579,8 +620,10 @@ class _SpConnection:
                         return
                 batch = [item]
                 try:
-                    await trio.sleep_until(item.due)
+                    if item.due > trio.current_time():
+                        await trio.sleep_until(item.due)
                     while not self.conn.window_available():
+                        self._window_freed = trio.Event()
                         await self._window_freed.wait()
                     if not self.conn.established:
                         sim._requeue(item)

@@ -566,3 +566,150 @@ def test_truncated_body_with_matching_length_raises(version, data):
     dec.feed(frame)
     with pytest.raises(RemoteProtocolError):
         dec.next_frame()
+
+
+# --- whole-frame fast paths against the general path ---------------------------------------------
+
+from msgspec.structs import replace  # noqa: E402
+
+from gateway.cmpp.codec import (  # noqa: E402
+    encode_general,
+    encode_status_report_general,
+    status_report_fields,
+)
+
+
+@st.composite
+def steady_pdus(draw, version: int):
+    """The PDUs the fast paths take: SUBMIT to one number, DELIVER, and their responses."""
+    status = u8 if version == V2 else st.integers(0, 2**32 - 1)
+    kind = draw(st.sampled_from(["submit", "deliver", "submit_resp", "deliver_resp"]))
+    if kind == "submit":
+        pdu = draw(submits(version))
+        return replace(pdu, dest_terminal_ids=pdu.dest_terminal_ids[:1])
+    if kind == "deliver":
+        return draw(delivers(version))
+    cls = SubmitResp if kind == "submit_resp" else DeliverResp
+    return cls(msg_id=draw(u64), result=draw(status))
+
+
+@pytest.mark.parametrize("version", [V2, 0x21, V3])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_fast_encode_matches_general_and_round_trips(version, data):
+    pdu = data.draw(steady_pdus(V2 if version == 0x21 else version))
+    seq = data.draw(st.integers(0, 2**32 - 1))
+    wire = encode(pdu, seq, version)
+    assert wire == encode_general(pdu, seq, version)
+    dec = FrameDecoder(version)
+    dec.feed(wire)
+    total, command_id, sequence_id, decoded = dec.next_pdu()
+    assert (total, sequence_id, decoded) == (len(wire), seq, pdu)
+    assert command_id == int.from_bytes(wire[4:8], "big")
+
+
+_BAD_FIELDS = {
+    "service_id": ["X" * 11, "服务"],
+    "src_id": ["1" * 22, "号码"],
+    "fee_code": ["0" * 7],
+    "msg_src": ["9012345", "é"],
+    "valid_time": ["1" * 18],
+    "pk_total": [256, -1],
+    "registered_delivery": [256, -1],
+    "msg_fmt": [256],
+    "msg_id": [1 << 64, -1],
+    "msg_content": [b"x" * 141],
+    "dest_terminal_ids": [("1" * 33,), ("号码",)],
+}
+
+
+@pytest.mark.parametrize("version", [V2, V3])
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_fast_encode_errors_are_the_general_paths(version, data):
+    """A bad field makes the fast path give way: the same LocalProtocolError, naming it."""
+    pdu = data.draw(submits(version))
+    pdu = replace(pdu, dest_terminal_ids=pdu.dest_terminal_ids[:1])
+    name = data.draw(st.sampled_from(sorted(_BAD_FIELDS)))
+    bad = replace(pdu, **{name: data.draw(st.sampled_from(_BAD_FIELDS[name]))})
+    with pytest.raises(LocalProtocolError) as general:
+        encode_general(bad, 1, version)
+    with pytest.raises(LocalProtocolError) as fast:
+        encode(bad, 1, version)
+    assert fast.value.reason == general.value.reason
+
+
+def test_fast_encode_errors_name_the_field():
+    base = Submit(**_submit_fields())
+    with pytest.raises(LocalProtocolError, match="registered_delivery=256"):
+        encode(replace(base, registered_delivery=256), 1, V3)
+    with pytest.raises(LocalProtocolError, match="sequence_id"):
+        encode(base, 1 << 32, V3)
+    with pytest.raises(LocalProtocolError, match="result"):
+        encode(SubmitResp(msg_id=1, result=256), 1, V2)
+    with pytest.raises(LocalProtocolError, match="ASCII"):
+        encode(Deliver(msg_id=1, dest_id="服务", src_terminal_id="13800138000"), 1, V3)
+
+
+def test_two_oh_link_id_is_not_sent_whatever_it_holds():
+    """2.0 has no LinkID: a long one is ignored there as before (the general path's rule)."""
+    pdu = replace(Submit(**_submit_fields()), link_id="L" * 30)
+    assert encode(pdu, 5, V2) == encode_general(pdu, 5, V2)
+    with pytest.raises(LocalProtocolError, match="link_id"):
+        encode(pdu, 5, V3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    version=st.sampled_from([V2, V3]),
+    msg_id=u64,
+    stat=ascii_field(7),
+    dest=ascii_field(21),
+    smsc=st.integers(0, 2**32 - 1),
+)
+def test_status_report_fields_match_decode(version, msg_id, stat, dest, smsc):
+    body = StatusReportBody(msg_id=msg_id, stat=stat, submit_time="2611231400",
+                            done_time="2611231401", dest_terminal_id=dest, smsc_sequence=smsc)
+    content = encode_status_report(body, version)
+    assert content == encode_status_report_general(body, version)
+    assert status_report_fields(content) == (msg_id, stat, "2611231400", "2611231401", dest, smsc)
+    assert decode_status_report(content) == body
+    with pytest.raises(RemoteProtocolError, match="status report of 59 bytes"):
+        status_report_fields(content[:59])
+
+
+def test_decoder_text_cache_past_its_size_decodes_every_field_exactly():
+    """The decoder remembers repeated fields; past TEXT_CACHE_SIZE distinct ones it starts
+    afresh, and every PDU still decodes to exactly what was sent."""
+    from gateway.cmpp.codec import TEXT_CACHE_SIZE, decode_body
+
+    base = Submit(**_submit_fields())
+    pdus = [replace(base, src_id=f"1065{i:06d}", service_id=f"S{i % 7}",
+                    dest_terminal_ids=(f"138{i:08d}",))
+            for i in range(2 * TEXT_CACHE_SIZE + 5)]
+    dec = FrameDecoder(V3)
+    dec.feed(b"".join(encode(p, i + 1, V3) for i, p in enumerate(pdus)))
+    assert [pdu for _header, pdu in dec] == pdus
+    # Junk bytes in a repeated field decode as the uncached path does, every time.
+    body = encode(Deliver(msg_id=1, dest_id="10658888", src_terminal_id="13800138000"), 1, V3)[12:]
+    garbled = body[:8] + b"\xff\xfe658888" + body[16:]
+    for _ in range(3):
+        cached = decode_body(5, garbled, V3, text=dec._text)
+        assert cached == decode_body(5, garbled, V3)
+        assert cached.dest_id == "\ufffd\ufffd658888"
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"stat": "DELIVRD!"}, "stat"),
+        ({"dest_terminal_id": "号码"}, "ASCII"),
+        ({"msg_id": 1 << 64}, "msg_id"),
+        ({"smsc_sequence": -1}, "smsc_sequence"),
+    ],
+)
+def test_status_report_encode_errors_name_the_field(change, reason):
+    body = StatusReportBody(msg_id=1, stat="DELIVRD", submit_time="2611231400",
+                            done_time="2611231401", dest_terminal_id="13800138000")
+    with pytest.raises(LocalProtocolError, match=reason):
+        encode_status_report(replace(body, **change), V3)

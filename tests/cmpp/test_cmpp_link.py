@@ -294,3 +294,45 @@ async def test_deliver_in_the_same_read_as_connect_resp(nursery):
         mo = await recv.receive()
         await answered.wait()  # and the DELIVER_RESP went back
     assert isinstance(mo, MoReceived) and mo.text == "2" and mo.src == "13900000001"
+
+
+async def test_submit_queues_without_waiting_while_there_is_room_and_waits_when_full():
+    """submit() with room returns in the same step (no checkpoint); a full queue waits, and
+    what was queued is all there."""
+    send, _recv = trio.open_memory_channel(10)
+    link = CmppLink(config(1), send, input_size=3)
+    for i in range(3):
+        coro = link.submit(request(i))
+        with pytest.raises(StopIteration):  # finished on its first step: it never yielded
+            coro.send(None)
+    assert link.statistics().input_queue == 3
+    with trio.move_on_after(0.05) as scope:
+        await link.submit(request(3))
+    assert scope.cancelled_caught  # full: it waited
+    assert link.statistics().input_queue == 3
+
+
+async def test_burst_of_many_windows_each_acked_once_with_its_own_report(harness_factory):
+    """A burst queued in one step goes out a window at a time; every SUBMIT is acknowledged
+    exactly once, with a distinct Msg_Id, and each status report matches one of them."""
+    sim = HappyIsmg(version=0x30, count_duplicates=True)
+    h = harness_factory(sim)
+    link = await h.start_link(window=16)
+    await h.wait_for(lambda ev: any(isinstance(e, LinkUp) for e in ev))
+    n = 16 * 12 + 5
+    for i in range(n):
+        await link.submit(request(i, dest=f"138{i:08d}"))
+    await h.wait_for(lambda ev: len([e for e in ev if isinstance(e, StatusReport)]) == n)
+    acked = h.of(SubmitAcked)
+    assert sorted(e.ref for e in acked) == list(range(n))
+    by_msg_id = {e.msg_id: e.ref for e in acked}
+    assert len(by_msg_id) == n
+    reports = h.of(StatusReport)
+    assert {r.msg_id for r in reports} == set(by_msg_id)
+    assert all(r.dest == f"138{by_msg_id[r.msg_id]:08d}" and r.stat == "DELIVRD" for r in reports)
+    with trio.fail_after(5):  # the DELIVER_RESPs go out after the read's events are passed on
+        while sim.reports_acked < n:
+            await trio.sleep(0.01)
+    stats = sim.statistics()
+    assert (stats.accepted, stats.duplicates, stats.reports_acked) == (n, 0, n)
+    assert link.statistics().window_used == 0
