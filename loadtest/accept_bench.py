@@ -76,7 +76,7 @@ def _postmaster(data: Path) -> int | None:
 
 
 class CpuMeter:
-    """CPU seconds used by the gateway (its process and any worker processes), PostgreSQL
+    """CPU seconds used by the gateway (its process and its children), PostgreSQL
     (the postmaster and its backends) and the load generator between :meth:`start` and
     :meth:`stop`. Backends that exit in between are not counted (connections are pooled)."""
 
@@ -148,7 +148,6 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=15, help="seconds per run (default 15)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--only", choices=("single", "batch"), help="run only this wrk measurement (no hey)")
-    ap.add_argument("--workers", type=int, default=1, help="[http] workers of the server (default 1)")
     args = ap.parse_args()
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
@@ -157,8 +156,7 @@ def main() -> None:
     data = tmp / "data"
     port = _free_port()
     cfg = tmp / "smsgw.toml"
-    cfg.write_text(f'data_dir = "{data}"\n[http]\nlisten = "127.0.0.1:{port}"\n'
-                   + (f"workers = {args.workers}\n" if args.workers != 1 else ""))
+    cfg.write_text(f'data_dir = "{data}"\n[http]\nlisten = "127.0.0.1:{port}"\n')
     url = f"http://127.0.0.1:{port}"
     key = subprocess.run(SMSGW + ["apikey", "create", "--account", "bench", "--config", str(cfg)],
                          capture_output=True, text=True, check=True).stdout.strip()
