@@ -31,7 +31,7 @@ class _Pending:
 
     ``task`` is the waiting caller until it is answered, then ``None``: the flusher, the
     deadline check and the caller's own cancellation each answer it at most once, whoever
-    comes first. ``taken`` is set once a flusher has put it in a batch."""
+    comes first. ``taken`` is set once a flusher starts writing it."""
 
     __slots__ = ("request", "deadline", "task", "taken", "result", "error")
 
@@ -144,7 +144,6 @@ class Intake:
         committed, so that waiting can pay off — what arrives within ``max_delay``. Like
         PostgreSQL's ``commit_delay`` with ``commit_siblings``: an idle gateway never lingers."""
         first = await self._receive_live()
-        first.taken = True
         batch = [first]
         rows = len(first.request.messages)
         deadline = trio.current_time() + self._config.max_delay
@@ -161,14 +160,20 @@ class Intake:
                     break
             if item.task is None:
                 continue
-            item.taken = True
             batch.append(item)
             rows += len(item.request.messages)
         return batch
 
     async def _flusher(self, n: int) -> None:
         while True:
-            batch = await self._gather()
+            # Taken only now, with no checkpoint before the shielded commit: a request the
+            # deadline check answered while the batch was gathered stays out of it, and if
+            # the intake stops while a batch is gathered, run() answers its callers.
+            batch = [p for p in await self._gather() if p.task is not None]
+            if not batch:
+                continue
+            for p in batch:
+                p.taken = True
             started = trio.current_time()
             self._committing += 1
             try:

@@ -223,8 +223,31 @@ SELECT count(*) FROM m
 """
 
 
+class _PoolReset:
+    """What the pool runs when a connection is given back: asyncpg's reset query
+    (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one round trip), except
+    for a connection whose user marked it as left without session state, by its backend's
+    pid in :attr:`clean`. The intake's insert does (it sets, locks and listens to nothing),
+    which takes a round trip off every group commit's path to its 202s."""
+
+    __slots__ = ("clean",)
+
+    def __init__(self) -> None:
+        self.clean: set[int] = set()
+
+    async def __call__(self, conn: asyncpg.Connection) -> None:
+        pid = conn.get_server_pid()
+        if pid in self.clean:
+            self.clean.discard(pid)
+            return
+        query = conn.get_reset_query()
+        if query:
+            await conn.execute(query)
+
+
 async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
-                      allocate: Callable[[asyncpg.Connection, int], Any]) -> list[AcceptResult]:
+                      allocate: Callable[[asyncpg.Connection, int], Any],
+                      reset: _PoolReset | None = None) -> list[AcceptResult]:
     """Store a batch of requests in one transaction (the group commit): the messages and
     their queue rows (the history's ``accepted`` entry is the message row's ``created_at``).
 
@@ -293,6 +316,8 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
                 lead = results[leaders[key]]
                 assert lead is not None
                 results[i] = AcceptResult(messages=lead.messages, duplicate=True)
+        if reset is not None and not conn.is_in_transaction():
+            reset.clean.add(conn.get_server_pid())
     return results  # type: ignore[return-value]
 
 
@@ -536,6 +561,8 @@ class Store:
         # The loop is held here so that any Trio task may use the store, not only those
         # started inside ``trio_asyncio.open_loop()`` (the loop is found by context variable).
         self._loop = loop
+        self.pool_reset: _PoolReset | None = None
+        """The pool's reset hook when :func:`open_store` made the pool."""
         self.events: EventBus | None = None
         """Where status transitions go once committed, as :class:`MtEvent` (when anyone listens)."""
 
@@ -679,7 +706,7 @@ class Store:
 
     async def accept(self, batch: Sequence[AcceptRequest]) -> list[AcceptResult]:
         """Store a batch of send requests durably, in one transaction (group commit)."""
-        results = await self._call(_aio_accept, self._pool, batch, self._allocate_ids)
+        results = await self._call(_aio_accept, self._pool, batch, self._allocate_ids, self.pool_reset)
         if self.events is not None and self.events.active:
             at = events_now()
             self._emit([MtEvent(id=m.id, account_id=req.account_id, to=m.dest, status="accepted", parts=m.parts,
@@ -1177,15 +1204,18 @@ class Transaction:
 @asynccontextmanager
 async def open_store(url: str, *, pool_size: int = 8, connect_timeout: float = 10.0) -> AsyncIterator[Store]:
     """A connection pool to ``url``; the caller has entered ``trio_asyncio.open_loop()``."""
+    reset = _PoolReset()
     try:
         pool = await aio_as_trio(asyncpg.create_pool)(
             dsn=url, min_size=min(2, pool_size), max_size=pool_size, timeout=connect_timeout,
-            command_timeout=60, server_settings={"application_name": "smsgw"},
+            command_timeout=60, server_settings={"application_name": "smsgw"}, reset=reset,
         )
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise _translate(exc) from exc
     try:
-        yield Store(pool, trio_asyncio.current_loop.get())
+        store = Store(pool, trio_asyncio.current_loop.get())
+        store.pool_reset = reset
+        yield store
     finally:
         try:
             await aio_as_trio(pool.close)()

@@ -178,3 +178,31 @@ async def test_accepted_since_counts_an_accounts_day_through_the_brin_index(stor
         plan = "\n".join(r[0] for r in await tx.fetch(
             "EXPLAIN SELECT count(*) FROM messages WHERE account_id = $1 AND created_at >= $2", acme, midnight))
     assert "messages_created_brin" in plan, plan
+
+
+async def test_the_inserts_connection_goes_back_without_the_reset_round_trip(store):
+    account = await _account(store)
+    async with store.transaction() as tx:  # holds a connection, so the insert takes another
+        await store.accept([_request(account, "13900000001")])
+        last = [r["query"] for r in await tx.fetch(
+            "SELECT query FROM pg_stat_activity WHERE application_name = 'smsgw' AND pid <> pg_backend_pid()")]
+    # The backend that ran the insert is idle with the insert as its last statement: no
+    # RESET ALL / UNLISTEN * followed it.
+    assert any("INSERT INTO messages" in q for q in last), last
+    assert store.pool_reset is not None and not store.pool_reset.clean
+
+
+async def test_other_users_of_the_pool_are_still_reset(store):
+    async with store.transaction() as tx:
+        await tx.execute("SET statement_timeout = '1234ms'")  # session-wide, outlives the block
+    shown = set()
+
+    async def show():
+        async with store.transaction() as tx:
+            shown.add(await tx.fetchval("SHOW statement_timeout"))
+            await trio.sleep(0.05)  # hold the connection so that the others take theirs
+
+    async with trio.open_nursery() as n:
+        for _ in range(4):  # the whole pool
+            n.start_soon(show)
+    assert shown == {"0"}
