@@ -206,3 +206,44 @@ async def test_other_users_of_the_pool_are_still_reset(store):
         for _ in range(4):  # the whole pool
             n.start_soon(show)
     assert shown == {"0"}
+
+
+async def test_a_batch_being_gathered_when_the_intake_stops_is_answered_not_stored(store):
+    account = await _account(store)
+    errors = []
+    release = trio.Event()
+    locked = trio.Event()
+
+    async def hold_lock():
+        async with store.transaction() as tx:
+            await tx.execute("LOCK TABLE messages IN SHARE MODE")
+            locked.set()
+            await release.wait()
+
+    async def release_later():
+        await trio.sleep(0.3)
+        release.set()
+
+    with trio.fail_after(10):  # a caller nobody answers would hang here
+        async with trio.open_nursery() as outer:
+            outer.start_soon(hold_lock)
+            await locked.wait()
+            with trio.CancelScope() as intake_scope:
+                async with trio.open_nursery() as inner:
+                    # Two flushers; the second lingers up to max_delay for more while the first commits.
+                    intake = await _start(inner, store, flushers=2, max_delay=1.0)
+
+                    async def send(dest):
+                        try:
+                            await intake.accept(_request(account, dest), timeout=30)
+                        except StoreUnavailable as exc:
+                            errors.append((dest, str(exc)))
+
+                    outer.start_soon(send, "13900000001")  # its batch waits on the lock
+                    await trio.sleep(0.1)
+                    outer.start_soon(send, "13900000002")  # gathered by the other flusher, lingering
+                    await trio.sleep(0.1)
+                    outer.start_soon(release_later)
+                    intake_scope.cancel()
+    assert errors == [("13900000002", "the intake stopped")]
+    assert await _dests(store) == ["13900000001"]
