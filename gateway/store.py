@@ -226,9 +226,10 @@ SELECT count(*) FROM m
 class _PoolReset:
     """What the pool runs when a connection is given back: asyncpg's reset query
     (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one round trip), except
-    for a connection whose user marked it as left without session state, by its backend's
-    pid in :attr:`clean`. The intake's insert does (it sets, locks and listens to nothing),
-    which takes a round trip off every group commit's path to its 202s."""
+    for a connection its user left without connection state (settings, locks, cursors,
+    listeners) and marked so, by its backend's pid in :attr:`clean`. The intake's insert
+    does (it sets, locks and listens to nothing): a round trip off every group commit's
+    path to its 202s."""
 
     __slots__ = ("clean",)
 

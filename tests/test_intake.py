@@ -194,7 +194,7 @@ async def test_the_inserts_connection_goes_back_without_the_reset_round_trip(sto
 
 async def test_other_users_of_the_pool_are_still_reset(store):
     async with store.transaction() as tx:
-        await tx.execute("SET statement_timeout = '1234ms'")  # session-wide, outlives the block
+        await tx.execute("SET statement_timeout = '1234ms'")  # connection-wide, outlives the block
     shown = set()
 
     async def show():
