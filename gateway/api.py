@@ -34,7 +34,8 @@ from .compliance import MerchantDirectory
 from .router import AccountLimiter, DailyQuota, TokenBucket
 from .router.compliance import MARKETING, with_signature
 from .store import Account, AcceptRequest, AcceptResult, NewMessage, Store
-from .text import EmptyText, InvalidNumber, TooLong, normalize_msisdn, operator_of, plan
+from .text import EmptyText, InvalidNumber, TooLong, plan
+from .text import _parse_msisdn as parse_msisdn
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +169,13 @@ def build_accept(req: SendBody, account_id: int, *, max_parts: int, signature: s
     except TooLong as exc:
         raise ApiError(413, "text_too_long", f"the text needs {exc.parts} parts; at most {max_parts}",
                        field="text") from None
+    encoding = segments.encoding
+    parts = len(segments.parts)
     seen: set[str] = set()
     messages = []
     for i, raw in enumerate(recipients):
         try:
-            msisdn = normalize_msisdn(raw)
-            operator = operator_of(msisdn)
+            msisdn, operator = parse_msisdn(raw)  # normalize_msisdn and operator_of in one parse
         except InvalidNumber as exc:
             where = "to" if isinstance(req.to, str) else f"to[{i}]"
             raise ApiError(400, "invalid_number", f"{raw!r} is not a Chinese mobile number: {exc.reason}",
@@ -181,8 +183,7 @@ def build_accept(req: SendBody, account_id: int, *, max_parts: int, signature: s
         if msisdn in seen:  # one request sends a text to a number once
             continue
         seen.add(msisdn)
-        messages.append(NewMessage(dest=msisdn, operator=str(operator.value), body=text,
-                                   encoding=segments.encoding, parts=len(segments.parts)))
+        messages.append(NewMessage(dest=msisdn, operator=operator.value, body=text, encoding=encoding, parts=parts))
     return AcceptRequest(
         account_id=account_id, messages=tuple(messages), client_ref=req.client_ref, priority=req.priority,
         msg_class=req.msg_class, validity_s=req.validity_s, callback_url=req.callback_url, sender=req.sender,

@@ -262,21 +262,23 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
             count = sum(len(batch[i].messages) for i in fresh)
             if count:
                 ids = await allocate(conn, count)
-                cols: list[list[Any]] = [[] for _ in range(15)]
-                it = iter(ids)
+                # One row tuple a message, turned into the 15 columns by one zip (in C).
+                rows: list[tuple[Any, ...]] = []
+                at = 0
                 for i in fresh:
                     req = batch[i]
-                    stored = []
-                    for m in req.messages:
-                        mid = next(it)
-                        for col, value in zip(cols, (
-                                mid, req.account_id, req.client_ref, m.dest, m.operator, m.body, m.encoding,
-                                m.parts, req.priority, req.msg_class, req.validity_s, req.callback_url,
-                                req.sender, req.dlr_url, req.dlr_mask)):
-                            col.append(value)
-                        stored.append(StoredMessage(id=mid, dest=m.dest, status="accepted", parts=m.parts))
-                    results[i] = AcceptResult(messages=tuple(stored))
-                await conn.fetchval(_INSERT_ACCEPTED, *cols, datetime.now(timezone.utc))
+                    msgs = req.messages
+                    head = (req.account_id, req.client_ref)
+                    tail = (req.priority, req.msg_class, req.validity_s, req.callback_url, req.sender,
+                            req.dlr_url, req.dlr_mask)
+                    mids = ids[at:at + len(msgs)]
+                    at += len(msgs)
+                    rows.extend([(mid, *head, m.dest, m.operator, m.body, m.encoding, m.parts, *tail)
+                                 for mid, m in zip(mids, msgs)])
+                    results[i] = AcceptResult(messages=tuple([
+                        StoredMessage(id=mid, dest=m.dest, status="accepted", parts=m.parts)
+                        for mid, m in zip(mids, msgs)]))
+                await conn.fetchval(_INSERT_ACCEPTED, *map(list, zip(*rows)), datetime.now(timezone.utc))
             # Duplicates across transactions: the originals are committed (we waited on the
             # index). Duplicates inside this batch follow their leader's fresh rows.
             if duplicates:

@@ -40,11 +40,80 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wrk(url: str, script: str, key: str, connections: int, duration: int) -> dict[str, float]:
-    out = subprocess.run(
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process so far (``/proc/<pid>/stat``), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def _postmaster(data: Path) -> int | None:
+    pid_file = next(data.rglob("postmaster.pid"), None)
+    return int(pid_file.read_text().split()[0]) if pid_file is not None else None
+
+
+class CpuMeter:
+    """CPU seconds used by the gateway (its process and its children), PostgreSQL
+    (the postmaster and its backends) and the load generator between :meth:`start` and
+    :meth:`stop`. Backends that exit in between are not counted (connections are pooled)."""
+
+    def __init__(self, server: int, data: Path) -> None:
+        self._server = server
+        self._data = data
+
+    def _sample(self) -> dict[int, float]:
+        pm = _postmaster(self._data)
+        gateway = [p for p in _tree(self._server) if p != pm]
+        postgres = _tree(pm) if pm is not None else []
+        return {"gateway": {p: _cpu_seconds(p) for p in gateway}, "postgres": {p: _cpu_seconds(p) for p in postgres}}
+
+    def start(self) -> None:
+        self._before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        return {name: round(sum(v - self._before[name].get(p, 0.0) for p, v in after[name].items()), 3)
+                for name in after}
+
+
+def _wrk(url: str, script: str, key: str, connections: int, duration: int,
+         meter: CpuMeter | None = None) -> dict[str, float]:
+    if meter is not None:
+        meter.start()
+    proc = subprocess.Popen(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "wrk" / script), url,
          "--", key],
-        capture_output=True, text=True, check=True).stdout
+        stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out)
+    cpu = meter.stop() if meter is not None else {}
+    cpu["wrk"] = round(usage.ru_utime + usage.ru_stime, 3)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = {}
     for p in ("50", "90", "99"):
@@ -53,8 +122,10 @@ def _wrk(url: str, script: str, key: str, connections: int, duration: int) -> di
         lat[f"p{p}_ms"] = v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": rps, **lat, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-            "socket_errors": errors.group(1) if errors else ""}
+            "socket_errors": errors.group(1) if errors else "",
+            "cpu_s": cpu, "cpu_us_per_request": {k: round(v / requests * 1e6, 1) for k, v in cpu.items()}}
 
 
 def _hey(url: str, key: str, rate: float, connections: int, duration: int) -> dict[str, float]:
@@ -76,6 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=15, help="seconds per run (default 15)")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--only", choices=("single", "batch"), help="run only this wrk measurement (no hey)")
     args = ap.parse_args()
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
@@ -96,10 +168,15 @@ def main() -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
+        meter = CpuMeter(server.pid, data)
         _wrk(url, "send_single.lua", key, 16, 3)  # warm-up
-        single = _wrk(url, "send_single.lua", key, 64, args.duration)
-        batch = _wrk(url, "send_batch.lua", key, 16, args.duration)
-        half = _hey(url, key, single["rps"] / 2, 50, args.duration)
+        single = batch = half = None
+        if args.only in (None, "single"):
+            single = _wrk(url, "send_single.lua", key, 64, args.duration, meter)
+        if args.only in (None, "batch"):
+            batch = _wrk(url, "send_batch.lua", key, 16, args.duration, meter)
+        if args.only is None:
+            half = _hey(url, key, single["rps"] / 2, 50, args.duration)
         status = Path(f"/proc/{server.pid}/status").read_text()
         peak_rss_mb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
         stored = None
@@ -112,7 +189,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     figures = {
         "single_recipient_64c": single,
-        "batch_100_recipients_16c": {**batch, "recipients_per_s": batch["rps"] * 100},
+        "batch_100_recipients_16c": {**batch, "recipients_per_s": batch["rps"] * 100} if batch else None,
         "single_at_half_rate_50c": half,
         "server_peak_rss_mb": round(peak_rss_mb, 1),
         "messages_accepted_total": stored,
