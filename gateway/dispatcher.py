@@ -64,7 +64,7 @@ EVENT_BATCH = 1_000
 EVENT_LINGER = 0.005
 """Seconds the event loop waits for more events to fill a batch."""
 MO_BUFFER = 10_000
-"""MOs handed from the event loop to the MO event loop and not yet stored (backpressure as above)."""
+"""MOs routed to the MO event loop and not yet stored (backpressure as above)."""
 GRACE_PERIOD = 120.0
 """Seconds an unmatched delivery report is retried before it is logged as unmatched."""
 GRACE_MAX = 100_000
@@ -130,8 +130,10 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             for channel in self.channels:
                 await nursery.start(channel.run, send.clone())
+            mt_send, mt_receive = trio.open_memory_channel[ChannelEvent](EVENT_BUFFER)
             mo_send, mo_receive = trio.open_memory_channel[ChannelEvent](MO_BUFFER)
-            nursery.start_soon(self._event_loop, receive, mo_send)
+            nursery.start_soon(self._route_events, receive, mt_send, mo_send)
+            nursery.start_soon(self._event_loop, mt_receive)
             nursery.start_soon(self._event_loop, mo_receive)
             nursery.start_soon(self._claim_loop)
             nursery.start_soon(self._grace_loop)
@@ -301,24 +303,23 @@ class Dispatcher:
 
     # -- events ---------------------------------------------------------------------------------
 
-    async def _event_loop(self, receive: trio.MemoryReceiveChannel[ChannelEvent],
-                          mos: trio.MemorySendChannel[ChannelEvent] | None = None) -> None:
-        """Write channel events in batches. With ``mos``, MOs are handed to it (a second event
-        loop) rather than written here, so that storing them never waits behind the MT
-        bookkeeping (submitted parts, reports) and the consumer's reply starts sooner."""
+    async def _route_events(self, receive: trio.MemoryReceiveChannel[ChannelEvent],
+                            mt: trio.MemorySendChannel[ChannelEvent],
+                            mo: trio.MemorySendChannel[ChannelEvent]) -> None:
+        """Channel events to two event loops: MOs to one, the rest (submitted parts, reports,
+        link states) to the other, so that storing an MO never waits behind the MT bookkeeping
+        and the consumer's reply starts sooner. A full loop makes the channels wait, as before."""
+        async with receive, mt, mo:
+            async for event in receive:
+                await (mo if isinstance(event, MoReceived) else mt).send(event)
+
+    async def _event_loop(self, receive: trio.MemoryReceiveChannel[ChannelEvent]) -> None:
         async with receive:
             while True:
                 batch = [await receive.receive()]
                 with trio.move_on_after(EVENT_LINGER):
                     while len(batch) < EVENT_BATCH:
                         batch.append(await receive.receive())
-                if mos is not None and any(isinstance(e, MoReceived) for e in batch):
-                    for e in batch:
-                        if isinstance(e, MoReceived):
-                            await mos.send(e)
-                    batch = [e for e in batch if not isinstance(e, MoReceived)]
-                    if not batch:
-                        continue
                 while True:
                     try:
                         await self._apply(batch)

@@ -156,7 +156,7 @@ async def _wait_for_lock_wait(store) -> None:
             await trio.sleep(0.01)
 
 
-async def test_mos_are_stored_while_the_same_batchs_mt_bookkeeping_waits(store, nursery):
+async def test_mos_are_stored_while_the_mt_bookkeeping_waits(store, nursery):
     account = await store.ensure_account("shop")
     (res,) = await store.accept([AcceptRequest(account_id=account.id, messages=(
         NewMessage(dest="13800138000", operator="cmcc", body="x", encoding="gsm7", parts=1),))])
@@ -164,18 +164,20 @@ async def test_mos_are_stored_while_the_same_batchs_mt_bookkeeping_waits(store, 
     await store.set_status([(message.id, Status.QUEUED, "cmcc", None, "")])
     dispatcher = Dispatcher(store, [], DispatcherConfig(), Metrics())
     events_in, events = trio.open_memory_channel(10)
-    mos_in, mos = trio.open_memory_channel(10)
+    mt_in, mt = trio.open_memory_channel(10)
+    mo_in, mo = trio.open_memory_channel(10)
     notices_in, notices = trio.open_memory_channel(10)
     dispatcher.mo_listeners.append(notices_in)
-    # One batch: a submit whose write will wait on a locked row, and an MO.
-    events_in.send_nowait(Submitted(channel="cmcc", message_id=message.id, part=1, ref="r1"))
-    events_in.send_nowait(MoReceived(channel="cmcc", sender="13900000001", service_number=MALL, text="2",
-                                     received_at=datetime.now(timezone.utc)))
+    nursery.start_soon(dispatcher._route_events, events, mt_in, mo_in)
+    nursery.start_soon(dispatcher._event_loop, mt)
+    nursery.start_soon(dispatcher._event_loop, mo)
     async with store.transaction() as tx:
         await tx.fetch("SELECT 1 FROM messages WHERE id = $1 FOR UPDATE", message.id)
-        nursery.start_soon(dispatcher._event_loop, events, mos_in)
-        nursery.start_soon(dispatcher._event_loop, mos)
+        # A submit whose write waits on the locked row; then, while it waits, an MO.
+        await events_in.send(Submitted(channel="cmcc", message_id=message.id, part=1, ref="r1"))
         await _wait_for_lock_wait(store)
+        await events_in.send(MoReceived(channel="cmcc", sender="13900000001", service_number=MALL, text="2",
+                                        received_at=datetime.now(timezone.utc)))
         with trio.fail_after(10):
             mo_id, event = await notices.receive()
         assert event.sender == "13900000001"
