@@ -12,6 +12,11 @@ out); a dispatch done twice sends nothing twice, because every reply carries the
 Order per MO: the merchant by service number; ``TD``/``T``/``退订`` unsubscribes and confirms;
 else each command handler in turn; else the subscribed apps' MO callbacks; else a help reply.
 MOs of one sender are dispatched in order; different senders' concurrently.
+
+A claim is worked as a batch, for throughput: its merchants in one query, the handlers'
+look-ups prepared for the whole claim (an optional ``prepare(commands)``), and every MO of it
+marked dispatched, with its callbacks, in one statement (:meth:`Store.finish_mos`). An MO
+whose handler or database work fails is deferred alone (``RETRY_DELAY``); the others go on.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ join, answered with a welcome) to the merchant open-loop at ``--rate`` per secon
 ``--duration`` seconds, each from its own number. Each MO's latency runs from the moment the
 simulator is told to send it to the ``submitted`` history row of the reply (the reply has been
 taken by the ISMG): MO over CMPP, stored, dispatched (claimed by lease), the command handled,
-the reply accepted durably, claimed, submitted and acknowledged.
+the reply accepted durably, claimed, submitted and acknowledged. ``cpu_us_per_mo`` is the CPU
+(utime + stime, from /proc) spent from the first MO to the last reply, per MO, by this process
+(the gateway and the simulator) and by the embedded PostgreSQL's processes.
 
     python -m loadtest.mo_reply_bench --rate 500 --duration 10
 """
