@@ -45,6 +45,14 @@ class CrmHandler:
             listed.extend((str(k), str(d)) for k, d in found)
         return listed
 
+    async def prepare(self, commands: Sequence[InboundCommand]) -> None:
+        """A batch of commands is about to be handled: the parts that offer ``prepare`` look up
+        what the batch needs at once (MO dispatch calls this; it is only an optimization)."""
+        for part in self.parts:
+            prepare = getattr(part, "prepare", None)
+            if prepare is not None:
+                await prepare(commands)
+
     async def help_text(self, merchant: Merchant) -> str:
         """``【签名】回复：1 加入会员，2 查询积分，CJ 参与抽奖，TD 退订。``"""
         listed = [f"{k} {d}" for k, d in await self.commands(merchant)]

@@ -9,14 +9,18 @@ message id, so a command dispatched twice sends one reply and makes one member.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
+
+import msgspec
 
 from gateway.router.commands import InboundCommand, Outbox
 from gateway.store import Merchant, Store
 from gateway.text import mask_msisdn
 
-from .members import join, member_by_phone
+from .members import Member, join, member_by_phone, members_with_balances
 from .points import balance_of
-from .settings import settings_for
+from .settings import MerchantSettings, settings_for, settings_for_many
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +46,46 @@ def invite_text(merchant: Merchant, join_keyword: str) -> str:
     return f"{merchant.signature}您还不是会员，回复{join_keyword}即可免费加入并累积积分。"
 
 
+class _Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`MembersPart.prepare` looked up for one command."""
+
+    settings: MerchantSettings
+    looked_up: bool
+    """Whether ``member`` and ``balance`` were looked up (a points command)."""
+    member: Member | None = None
+    balance: int = 0
+
+
 class MembersPart:
-    """:class:`~gateway.router.commands.CommandHandler` for joining and asking for points."""
+    """:class:`~gateway.router.commands.CommandHandler` for joining and asking for points.
+
+    :meth:`prepare` looks up, for a whole batch of commands in two queries, the merchants'
+    settings and the members asking for their points; :meth:`handle` uses them and looks up
+    itself what was not prepared.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._prepared: dict[int, _Prepared] = {}
+        """By ``mo_id``, for the latest batch only (so bounded by MO dispatch's claim)."""
+
+    async def prepare(self, commands: Sequence[InboundCommand]) -> None:
+        """Look up what ``commands`` need at once. A member is looked up in advance only when
+        the batch holds no other command from the same phone to the same merchant (an earlier
+        ``1`` in the same batch would make the answer stale)."""
+        self._prepared = {}
+        settings = await settings_for_many(self._store, [c.merchant.id for c in commands])
+        senders = Counter((c.merchant.id, c.phone) for c in commands)
+        asking = [c for c in commands if senders[(c.merchant.id, c.phone)] == 1
+                  and c.keyword == settings[c.merchant.id].points_keyword]
+        found = await members_with_balances(self._store, [(c.merchant.id, c.phone) for c in asking])
+        asked = {c.mo_id for c in asking}
+        prepared: dict[int, _Prepared] = {}
+        for c in commands:
+            member, balance = found.get((c.merchant.id, c.phone), (None, 0))
+            prepared[c.mo_id] = _Prepared(settings=settings[c.merchant.id], looked_up=c.mo_id in asked,
+                                          member=member, balance=balance)
+        self._prepared = prepared
 
     async def commands(self, merchant: Merchant) -> list[tuple[str, str]]:
         settings = await settings_for(self._store, merchant.id)
@@ -58,7 +97,10 @@ class MembersPart:
 
     async def handle(self, command: InboundCommand, outbox: Outbox) -> bool:
         merchant = command.merchant
-        settings = await settings_for(self._store, merchant.id)
+        prepared = self._prepared.pop(command.mo_id, None)
+        if prepared is not None and prepared.settings.merchant_id != merchant.id:
+            prepared = None
+        settings = prepared.settings if prepared is not None else await settings_for(self._store, merchant.id)
         if command.keyword == settings.join_keyword:
             member, created = await join(self._store, merchant.id, command.phone, mo_id=command.mo_id)
             if created:
@@ -68,11 +110,15 @@ class MembersPart:
             else:
                 text = already_member_text(merchant, member.member_no, settings.points_keyword)
         elif command.keyword == settings.points_keyword:
-            member = await member_by_phone(self._store, merchant.id, command.phone)
+            if prepared is not None and prepared.looked_up:
+                member, balance = prepared.member, prepared.balance
+            else:
+                member = await member_by_phone(self._store, merchant.id, command.phone)
+                balance = 0 if member is None else await balance_of(self._store, member.id)
             if member is None:
                 text = invite_text(merchant, settings.join_keyword)
             else:
-                text = balance_text(merchant, member.member_no, await balance_of(self._store, member.id))
+                text = balance_text(merchant, member.member_no, balance)
         else:
             return False
         await outbox.send(account_id=merchant.account_id, to=command.phone, text=text, client_ref=reply_ref(command))

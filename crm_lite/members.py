@@ -116,6 +116,19 @@ async def member_by_phone(store, merchant_id: int, phone: str) -> Member | None:
     return None if row is None else member_from_row(row)
 
 
+async def members_with_balances(store, keys: list[tuple[int, str]]) -> dict[tuple[int, str], tuple[Member, int]]:
+    """For several (merchant_id, phone), in one query: the member and their points balance
+    (keys with no member are left out)."""
+    if not keys:
+        return {}
+    rows = await store.fetch(
+        f"SELECT {MEMBER_COLUMNS}, coalesce((SELECT b.balance FROM crm_points_balances b"
+        "                                   WHERE b.member_id = crm_members.id), 0) AS balance"
+        " FROM crm_members WHERE (merchant_id, phone) IN (SELECT * FROM unnest($1::bigint[], $2::text[]))",
+        [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["merchant_id"], r["phone"]): (member_from_row(r), r["balance"]) for r in rows}
+
+
 async def member_by_ref(store, merchant_id: int, ref: str | int) -> Member:
     """A member by database id (``123``) or member number (``M000123``); :class:`NotFound`."""
     row = None

@@ -68,6 +68,14 @@ async def settings_for(store: Store, merchant_id: int) -> MerchantSettings:
     return MerchantSettings(**dict(row))
 
 
+async def settings_for_many(store: Store, merchant_ids: list[int]) -> dict[int, MerchantSettings]:
+    """:func:`settings_for` for several merchants in one query."""
+    wanted = sorted(set(merchant_ids))
+    rows = await store.fetch(f"SELECT {_COLUMNS} FROM crm_settings WHERE merchant_id = ANY($1::bigint[])", wanted)
+    found = {r["merchant_id"]: MerchantSettings(**dict(r)) for r in rows}
+    return {m: found.get(m) or MerchantSettings(merchant_id=m) for m in wanted}
+
+
 async def update_settings(store: Store, merchant_id: int, *, join_keyword: str | None = None,
                           points_keyword: str | None = None, lottery_keyword: str | None = None,
                           points_per_yuan: int | None = None,

@@ -64,6 +64,8 @@ EVENT_BATCH = 1_000
 EVENT_LINGER = 0.005
 """Seconds the event loop waits for more events to fill a batch (one sleep a batch: the
 events that arrive meanwhile wait in the buffer and are taken at once)."""
+MO_BUFFER = 10_000
+"""MOs routed to the MO event loop and not yet stored (backpressure as above)."""
 GRACE_PERIOD = 120.0
 """Seconds an unmatched delivery report is retried before it is logged as unmatched."""
 GRACE_MAX = 100_000
@@ -130,7 +132,11 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             for channel in self.channels:
                 await nursery.start(channel.run, send.clone())
-            nursery.start_soon(self._event_loop, receive)
+            mt_send, mt_receive = trio.open_memory_channel[ChannelEvent](EVENT_BUFFER)
+            mo_send, mo_receive = trio.open_memory_channel[ChannelEvent](MO_BUFFER)
+            nursery.start_soon(self._route_events, receive, mt_send, mo_send)
+            nursery.start_soon(self._event_loop, mt_receive)
+            nursery.start_soon(self._event_loop, mo_receive)
             nursery.start_soon(self._claim_loop)
             nursery.start_soon(self._grace_loop)
             nursery.start_soon(self._expiry_loop)
@@ -326,6 +332,19 @@ class Dispatcher:
                 batch.append(receive.receive_nowait())
             except trio.WouldBlock:
                 return
+    async def _route_events(self, receive: trio.MemoryReceiveChannel[ChannelEvent],
+                            mt: trio.MemorySendChannel[ChannelEvent],
+                            mo: trio.MemorySendChannel[ChannelEvent]) -> None:
+        """Channel events to two event loops: MOs to one, the rest (submitted parts, reports,
+        link states) to the other, so that storing an MO never waits behind the MT bookkeeping
+        and the consumer's reply starts sooner. A full loop makes the channels wait, as before."""
+        async with receive, mt, mo:
+            async for event in receive:
+                out = mo if isinstance(event, MoReceived) else mt
+                try:  # no scheduler round trip while the loop's buffer has room
+                    out.send_nowait(event)
+                except trio.WouldBlock:
+                    await out.send(event)
 
     async def _event_loop(self, receive: trio.MemoryReceiveChannel[ChannelEvent]) -> None:
         async with receive:

@@ -12,6 +12,11 @@ out); a dispatch done twice sends nothing twice, because every reply carries the
 Order per MO: the merchant by service number; ``TD``/``T``/``退订`` unsubscribes and confirms;
 else each command handler in turn; else the subscribed apps' MO callbacks; else a help reply.
 MOs of one sender are dispatched in order; different senders' concurrently.
+
+A claim is worked as a batch, for throughput: its merchants in one query, the handlers'
+look-ups prepared for the whole claim (an optional ``prepare(commands)``), and every MO of it
+marked dispatched, with its callbacks, in one statement (:meth:`Store.finish_mos`). An MO
+whose handler or database work fails is deferred alone (``RETRY_DELAY``); the others go on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import msgspec
 import trio
 
 from .compliance import MerchantDirectory
@@ -40,15 +46,15 @@ from .router.mo_dispatch import (
     sender_extension,
     unsubscribe_confirmation,
 )
-from .store import AcceptRequest, InboundMo, Merchant, MoSubscription, NewMessage, Store
+from .store import AcceptRequest, InboundMo, Merchant, MoFinish, MoSubscription, NewMessage, Store
 from .text import TextError, InvalidNumber, mask_msisdn, national_or_raw, normalize_msisdn, operator_of, plan
 
 log = logging.getLogger(__name__)
 
 NOTIFY_BUFFER = 1024
 """MO notifications waiting to be read; each only wakes the claim loop."""
-CLAIM_BATCH = 50
-"""MOs claimed at a time."""
+CLAIM_BATCH = 100
+"""MOs claimed at a time (and marked dispatched in one statement)."""
 LEASE = 30.0
 """Seconds a claimed MO is reserved; a node that dies holding it loses it after this (a node
 that stops cleanly gives its claims back at once)."""
@@ -56,8 +62,9 @@ RELEASE_TIMEOUT = 5.0
 """Seconds a stopping service may spend giving back the MOs it holds."""
 POLL = 2.0
 """Seconds between claims when no notification comes (MOs stored by other nodes, leases run out)."""
-CONCURRENCY = 16
-"""Senders whose MOs are dispatched at once."""
+CONCURRENCY = 100
+"""Senders whose MOs are dispatched at once: a whole claim, so that its replies share the
+intake's group commits. Database connections are bounded by the pool, not by this."""
 MAX_ATTEMPTS = 5
 """Claims of an MO whose command handler raises before it is answered without the handler."""
 RETRY_DELAY = 5.0
@@ -111,6 +118,17 @@ class ReplyOutbox:
 
 class _HandlerFailed(GatewayError):
     pass
+
+
+class _Decided(msgspec.Struct, frozen=True, kw_only=True):
+    """One MO decided and answered, waiting to be marked dispatched with its batch."""
+
+    mo: InboundMo
+    merchant: Merchant | None
+    phone: str
+    keyword: str
+    outcome: Outcome
+    callbacks: list[MoSubscription]
 
 
 class MoDispatcher:
@@ -186,60 +204,127 @@ class MoDispatcher:
                 with trio.move_on_after(self._poll):
                     await self._wake.wait()
 
-    async def _dispatch_batch(self, batch: list[InboundMo]) -> None:
+    async def _dispatch_batch(self, batch: Sequence[InboundMo]) -> dict[int, Outcome | None]:
+        """Dispatch claimed MOs: their merchants in one query, the handlers' own look-ups
+        prepared for the whole batch, the MOs decided concurrently (one sender's in order),
+        and all of them marked dispatched in one statement. Returns each MO's outcome, or
+        ``None`` for one left for a later claim or finished elsewhere."""
+        results: dict[int, Outcome | None] = {mo.id: None for mo in batch}
+        try:
+            merchants = await self._store.merchants_for_numbers([mo.service_number for mo in batch])
+        except StoreError as exc:
+            log.warning("looking up merchants failed; the MOs will be tried again count=%d error=%s", len(batch), exc)
+            await self._retry_later([mo.id for mo in batch])
+            self._in_hand.difference_update(results)
+            return results
+        await self._prepare(batch, merchants)
         by_sender: dict[str, list[InboundMo]] = {}
         for mo in batch:
             by_sender.setdefault(mo.sender, []).append(mo)
+        decided: list[_Decided] = []
+        failed: list[int] = []
         limiter = trio.Semaphore(CONCURRENCY)
 
         async def one_sender(mos: list[InboundMo]) -> None:
             async with limiter:
                 for mo in mos:
-                    await self.dispatch(mo)
+                    d = await self._decide_one(mo, merchants.get(mo.service_number))
+                    if d is None:
+                        failed.append(mo.id)
+                    else:
+                        decided.append(d)
 
         async with trio.open_nursery() as nursery:
             for mos in by_sender.values():
                 nursery.start_soon(one_sender, mos)
+        if failed:
+            await self._retry_later(failed)
+        finished: set[int] = set()
+        if decided:
+            decided.sort(key=lambda d: d.mo.id)
+            try:
+                finished = await self._store.finish_mos([
+                    MoFinish(mo_id=d.mo.id, merchant_id=d.merchant.id if d.merchant else None,
+                             command=d.keyword[:MAX_COMMAND], outcome=str(d.outcome), callbacks=tuple(d.callbacks))
+                    for d in decided])
+            except StoreError as exc:
+                log.warning("marking MOs dispatched failed; they will be tried again count=%d error=%s",
+                            len(decided), exc)
+                await self._retry_later([d.mo.id for d in decided])
+                decided = []
+        callbacks = 0
+        for d in decided:
+            if d.mo.id in finished:
+                results[d.mo.id] = d.outcome
+                callbacks += len(d.callbacks)
+                self._record(d)
+            else:
+                log.info("MO already dispatched elsewhere mo_id=%d", d.mo.id)
+        self._in_hand.difference_update(results)  # not when cancelled: a stopping service gives them back
+        if callbacks and self._on_callbacks is not None:
+            self._on_callbacks()
+        return results
 
     async def dispatch(self, mo: InboundMo) -> Outcome | None:
         """Dispatch one claimed MO; returns its outcome, or ``None`` when it is left for a
         later claim (a database error, a failing handler) or was finished elsewhere."""
-        outcome = await self._dispatch(mo)
-        self._in_hand.discard(mo.id)  # not when cancelled: a stopping service gives it back
-        return outcome
+        return (await self._dispatch_batch([mo]))[mo.id]
 
-    async def _dispatch(self, mo: InboundMo) -> Outcome | None:
+    async def _retry_later(self, mo_ids: list[int]) -> None:
+        try:
+            await self._store.retry_mos_later(mo_ids, RETRY_DELAY)
+        except StoreError as exc:
+            log.warning("deferring MOs failed; their leases will run out instead count=%d error=%s", len(mo_ids), exc)
+
+    async def _prepare(self, batch: Sequence[InboundMo], merchants: dict[str, Merchant]) -> None:
+        """Let handlers that offer ``prepare(commands)`` look up what the batch's commands need
+        at once. Only an optimization: a handler whose preparation fails looks things up itself."""
+        commands = []
+        for mo in batch:
+            merchant = merchants.get(mo.service_number)
+            if merchant is None or mo.attempts >= MAX_ATTEMPTS:
+                continue
+            keyword, args = parse_command(mo.body)
+            if first_step(merchant, keyword) is FirstStep.HANDLERS:
+                commands.append(self._command(mo, merchant, keyword, args))
+        if not commands:
+            return
+        for handler in self._handlers:
+            prepare = getattr(handler, "prepare", None)
+            if prepare is None:
+                continue
+            try:
+                await prepare(commands)
+            except Exception as exc:  # the handler then does its own look-ups, one MO at a time
+                log.warning("command handler's preparation failed handler=%s error=%s", type(handler).__name__, exc)
+
+    @staticmethod
+    def _command(mo: InboundMo, merchant: Merchant, keyword: str, args: tuple[str, ...]) -> InboundCommand:
+        return InboundCommand(mo_id=mo.id, merchant=merchant, phone=national_or_raw(mo.sender), keyword=keyword,
+                              args=args, text=mo.body, channel=mo.channel, received_at=mo.received_at)
+
+    async def _decide_one(self, mo: InboundMo, merchant: Merchant | None) -> _Decided | None:
         keyword, args = parse_command(mo.body)
         phone = national_or_raw(mo.sender)
         try:
-            merchant = await self._store.merchant_for_number(mo.service_number)
             outcome, callbacks = await self._decide(mo, merchant, phone, keyword, args)
-            finished = await self._store.finish_mo(
-                mo.id, merchant_id=merchant.id if merchant else None, command=keyword[:MAX_COMMAND],
-                outcome=str(outcome), callbacks=callbacks)
         except (StoreError, _HandlerFailed) as exc:
             log.warning("dispatching an MO failed; it will be tried again mo_id=%d attempt=%d error=%s",
                         mo.id, mo.attempts, exc)
-            try:
-                await self._store.retry_mo_later(mo.id, RETRY_DELAY)
-            except StoreError:
-                pass  # the lease runs out instead, a little later
             return None
-        if not finished:
-            log.info("MO already dispatched elsewhere mo_id=%d", mo.id)
-            return None
+        return _Decided(mo=mo, merchant=merchant, phone=phone, keyword=keyword, outcome=outcome, callbacks=callbacks)
+
+    def _record(self, d: _Decided) -> None:
+        mo, merchant = d.mo, d.merchant
         self.dispatched += 1
-        self._metrics.mo_dispatched.labels(command_label(keyword), str(outcome)).inc()
+        self._metrics.mo_dispatched.labels(command_label(d.keyword), str(d.outcome)).inc()
         log.info("MO dispatched mo_id=%d from=%s to=%s merchant=%s command=%s outcome=%s callbacks=%d",
-                 mo.id, mask_msisdn(phone), mo.service_number, merchant.name if merchant else "-",
-                 command_label(keyword), outcome, len(callbacks))
+                 mo.id, mask_msisdn(d.phone), mo.service_number, merchant.name if merchant else "-",
+                 command_label(d.keyword), d.outcome, len(d.callbacks))
         if self._bus is not None:
             self._bus.publish(MoEvent(id=mo.id, channel=mo.channel, sender=mo.sender, service_number=mo.service_number,
                                       text=mo.body, merchant_id=merchant.id if merchant else None,
-                                      command=keyword[:MAX_COMMAND], at=events_now()))
-        if callbacks and self._on_callbacks is not None:
-            self._on_callbacks()
-        return outcome
+                                      command=d.keyword[:MAX_COMMAND], at=events_now()))
 
     async def _decide(self, mo: InboundMo, merchant: Merchant | None, phone: str, keyword: str,
                       args: tuple[str, ...]) -> tuple[Outcome, list[MoSubscription]]:
@@ -255,8 +340,7 @@ class MoDispatcher:
             await self._store.unsubscribe(merchant.id, phone, mo.id)
             await self._reply(outbox, merchant, phone, unsubscribe_confirmation(merchant))
             return Outcome.UNSUBSCRIBED, []
-        command = InboundCommand(mo_id=mo.id, merchant=merchant, phone=phone, keyword=keyword, args=args,
-                                 text=mo.body, channel=mo.channel, received_at=mo.received_at)
+        command = self._command(mo, merchant, keyword, args)
         give_up_handlers = mo.attempts >= MAX_ATTEMPTS
         if not give_up_handlers:
             for handler in self._handlers:

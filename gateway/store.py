@@ -1117,6 +1117,49 @@ class Store:
         await self.execute("UPDATE inbound_messages SET lease_until = NULL"
                            " WHERE id = ANY($1::bigint[]) AND dispatched_at IS NULL", list(mo_ids))
 
+    async def finish_mos(self, items: Sequence[MoFinish]) -> set[int]:
+        """:meth:`finish_mo` for a batch, in one statement (so in one transaction): marks each
+        MO dispatched and queues its MO callbacks; returns the ids marked now (the others were
+        dispatched already, by a node whose lease ran out, and get no callbacks)."""
+        if not items:
+            return set()
+        cb = [(f.mo_id, c.account_id, c.url) for f in items for c in f.callbacks]
+        rows = await self.fetch(
+            "WITH done AS ("
+            " UPDATE inbound_messages i SET dispatched_at = now(), lease_until = NULL, merchant_id = t.merchant_id,"
+            "        command = t.command, outcome = t.outcome"
+            " FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[]) AS t(id, merchant_id, command, outcome)"
+            " WHERE i.id = t.id AND i.dispatched_at IS NULL RETURNING i.id),"
+            " queued AS ("
+            " INSERT INTO webhook_outbox (kind, mo_id, account_id, url, event_status)"
+            " SELECT 'mo', c.mo_id, c.account_id, c.url, 'received'"
+            " FROM unnest($5::bigint[], $6::bigint[], $7::text[]) WITH ORDINALITY AS c(mo_id, account_id, url, n)"
+            " JOIN done ON done.id = c.mo_id ORDER BY c.n)"
+            " SELECT id FROM done",
+            [f.mo_id for f in items], [f.merchant_id for f in items], [f.command for f in items],
+            [f.outcome for f in items], [c[0] for c in cb], [c[1] for c in cb], [c[2] for c in cb])
+        return {r["id"] for r in rows}
+
+    async def retry_mos_later(self, mo_ids: Sequence[int], delay: float) -> None:
+        """:meth:`retry_mo_later` for several MOs, in one statement."""
+        await self.execute(
+            "UPDATE inbound_messages SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE id = ANY($1::bigint[]) AND dispatched_at IS NULL", list(mo_ids), delay)
+
+    async def merchants_for_numbers(self, numbers: Sequence[str]) -> dict[str, Merchant]:
+        """:meth:`merchant_for_number` for several numbers in one query: the merchant each
+        number reaches (numbers that reach none are left out)."""
+        wanted = sorted(set(numbers))
+        if not wanted:
+            return {}
+        rows = await self.fetch(
+            "SELECT DISTINCT ON (n.number) n.number, m.id, m.name, m.account_id, m.service_number, m.signature"
+            " FROM unnest($1::text[]) AS n(number)"
+            " JOIN merchants m ON n.number LIKE m.service_number || '%'"
+            " ORDER BY n.number, length(m.service_number) DESC", wanted)
+        return {r["number"]: Merchant(id=r["id"], name=r["name"], account_id=r["account_id"],
+                                      service_number=r["service_number"], signature=r["signature"]) for r in rows}
+
     async def inbound(self, mo_id: int) -> asyncpg.Record | None:
         """An inbound message with its dispatch columns (for operators and tests)."""
         return await self.fetchrow(
@@ -1242,6 +1285,16 @@ class Store:
 
 
 # -- MO and compliance: stored shapes ------------------------------------------------------------
+
+
+class MoFinish(msgspec.Struct, frozen=True, kw_only=True):
+    """How one dispatched MO is recorded (:meth:`Store.finish_mos`)."""
+
+    mo_id: int
+    merchant_id: int | None
+    command: str
+    outcome: str
+    callbacks: tuple[MoSubscription, ...] = ()
 
 
 class InboundMo(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,7 +7,9 @@ join, answered with a welcome) to the merchant open-loop at ``--rate`` per secon
 ``--duration`` seconds, each from its own number. Each MO's latency runs from the moment the
 simulator is told to send it to the ``submitted`` history row of the reply (the reply has been
 taken by the ISMG): MO over CMPP, stored, dispatched (claimed by lease), the command handled,
-the reply accepted durably, claimed, submitted and acknowledged.
+the reply accepted durably, claimed, submitted and acknowledged. ``cpu_us_per_mo`` is the CPU
+(utime + stime, from /proc) spent from the first MO to the last reply, per MO, by this process
+(the gateway and the simulator) and by the embedded PostgreSQL's processes.
 
     python -m loadtest.mo_reply_bench --rate 500 --duration 10
 """
@@ -18,6 +20,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import tempfile
 import time
 
@@ -30,6 +33,34 @@ from gateway.config import CmppConfig, DispatcherConfig, HttpConfig, MerchantCon
 SP_ID, SECRET = "901234", "bench"
 SERVICE = "10658888001"
 FIRST_PHONE = 13_700_000_000
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc (0.0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _database_pids(data_dir: str) -> list[int]:
+    """The embedded PostgreSQL server started in ``data_dir`` and its children (backends)."""
+    parents: dict[int, int] = {}
+    server = None
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if data_dir.encode() in f.read() and server is None:
+                    server = int(name)
+        except OSError:
+            continue
+    return [] if server is None else [server] + [p for p, pp in parents.items() if pp == server]
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -56,6 +87,8 @@ async def _run(args: argparse.Namespace, data_dir: str) -> dict:
         count = int(args.rate * args.duration)
         sent_at: dict[str, float] = {}
         interval = 1.0 / args.rate
+        db_pids = _database_pids(data_dir)
+        cpu0 = _cpu_seconds(os.getpid()), sum(_cpu_seconds(p) for p in db_pids)
         t0 = trio.current_time()
         async with trio.open_nursery() as senders:
             for i in range(count):
@@ -72,6 +105,8 @@ async def _run(args: argparse.Namespace, data_dir: str) -> dict:
                 if done >= count:
                     break
                 await trio.sleep(0.2)
+        drained_s = trio.current_time() - t0
+        cpu = _cpu_seconds(os.getpid()) - cpu0[0], sum(_cpu_seconds(p) for p in db_pids) - cpu0[1]
         rows = await store.fetch(
             "SELECT m.dest, extract(epoch FROM min(e.at))::float8 AS at FROM messages m JOIN message_events e"
             " ON e.message_id = m.id AND e.status = 'submitted' WHERE m.client_ref LIKE 'mo-%' GROUP BY m.dest")
@@ -82,6 +117,9 @@ async def _run(args: argparse.Namespace, data_dir: str) -> dict:
     return {
         "command": args.command, "rate": args.rate, "mos": count, "mos_stored": mos, "replies": replies,
         "offered_per_s": round(count / offered_s, 1),
+        "answered_per_s": round(count / drained_s, 1),
+        # CPU from /proc over the run: this process (gateway and simulator) and the database's
+        "cpu_us_per_mo": {"gateway": round(cpu[0] / count * 1e6), "database": round(cpu[1] / count * 1e6)},
         "mo_to_reply_submitted_ms": {p: round(_percentile(latencies, float(p[1:])) * 1000, 1)
                                      for p in ("p50", "p90", "p99")} | {"max": round(max(latencies) * 1000, 1)},
     }
