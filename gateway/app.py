@@ -159,7 +159,9 @@ async def serve_gateway(
 
                 register_all(router, running, approval_timeout_s=config.crm.approval_timeout)
                 await nursery.start(functools.partial(serve_crm, store, running.outbox,
-                                                      escalation_interval=config.crm.escalation_interval))
+                                                      escalation_interval=config.crm.escalation_interval,
+                                                      expiry_interval=config.crm.expiry_interval,
+                                                      timezone=config.dispatcher.timezone, metrics=metrics))
             if config.admin.enabled:
                 running.admin_ws_url = await start_admin(nursery, config, running, router)
             if extra_routes is not None:

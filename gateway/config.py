@@ -156,6 +156,9 @@ class CrmConfig(_Section):
     """Seconds an approval request waits for its approver before it escalates."""
     escalation_interval: Seconds = 30.0
     """Seconds between checks for requests past their deadline."""
+    expiry_interval: Seconds = 86_400.0
+    """Seconds between two rounds of the scheduled points expiry (one at start, then one a day);
+    a merchant's points expire by its ``points_expire_days`` setting."""
 
 
 class MerchantConfig(_Section, kw_only=True):

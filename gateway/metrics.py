@@ -73,6 +73,7 @@ class Metrics:
         self.routing_version = Gauge(
             "smsgw_routing_table_version", "Version of the routing table in force on this node", registry=r)
         self._declare_operations(r)
+        self._declare_points_expiry(r)
 
     def watch_links(self, channels: Callable[[], Iterable[object]]) -> None:
         """Export the links of channels that have ``statistics()`` (read at scrape time)."""
@@ -144,6 +145,20 @@ class Metrics:
             self.queue_messages.labels(klass).set(depth)
             self.queue_oldest_age.labels(klass).set(oldest)
         self.queue_depth.set(total)
+
+    # -- crm_lite's scheduled points expiry ---------------------------------------------------
+
+    def _declare_points_expiry(self, r: CollectorRegistry) -> None:
+        self.points_expired = Counter(
+            "smsgw_crm_points_expired_total", "Loyalty points expired by the scheduled expiry", registry=r)
+        self.points_expiry_rounds = Counter(
+            "smsgw_crm_points_expiry_rounds_total", "Scheduled points expiry rounds, by result (ok, failed)",
+            ["result"], registry=r)
+
+    def count_points_expiry(self, points: int, *, failed: bool) -> None:
+        """Count one expiry round that expired ``points`` (``failed``: some merchant's run failed)."""
+        self.points_expired.inc(points)
+        self.points_expiry_rounds.labels("failed" if failed else "ok").inc()
 
     def totals(self) -> dict[str, float]:
         """Running totals the admin stream turns into rates: ``accepted``, each status, ``mo``."""
