@@ -111,7 +111,9 @@ async def serve_gateway(
             await store.ensure_account(account.name)
         for merchant in config.merchants:
             owner = await store.ensure_account(merchant.account)
-            await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
+            made = await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
+            await store.set_merchant_accounts(made.id, [(await store.ensure_account(name)).id
+                                                        for name in merchant.accounts])
         for channel in channels:
             attach = getattr(channel, "attach_quota_store", None)
             if attach is not None:  # SIM daily counts survive restarts

@@ -170,6 +170,10 @@ class MerchantConfig(_Section, kw_only=True):
     service_number: Annotated[str, Meta(pattern=r"^[0-9]{3,21}$")]
     signature: Annotated[str, Meta(max_length=40)] = ""
     """Added to marketing texts that lack it, e.g. ``【某某商场】``."""
+    accounts: list[Name] = []
+    """Further accounts the merchant sends through (created at start if missing), e.g. its shop
+    app's: marketing from any of them carries its signature and stops for a consumer who
+    unsubscribed from the merchant."""
 
 
 class ComplianceConfig(_Section):
