@@ -133,6 +133,10 @@ class ModemConfig(_Section, kw_only=True):
     baudrate: Annotated[int, Meta(ge=1200)] = 115200
     service_number: str = ""
     """The SIM's own number, reported as the service number of the messages it receives."""
+    direct_routing: bool | None = None
+    """Incoming messages routed straight to the gateway (``AT+CSMS=1``, ``AT+CNMI=2,2,0,1,0``:
+    ``+CMT``/``+CDS`` each acknowledged with ``AT+CNMA``) instead of stored on the SIM
+    (``+CMTI``); for modems whose firmware supports phase 2+ acknowledgement. Unset: false."""
 
 
 class AccountConfig(_Section, kw_only=True):
