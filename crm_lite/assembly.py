@@ -1,5 +1,5 @@
 """crm_lite as the gateway runs it: the command handler composed of every part, every REST
-route, and the services that run beside them (approval escalation).
+route, and the services that run beside them (approval escalation, points expiry).
 
 The gateway's assembly point (:func:`gateway.app.serve_gateway`) calls these; nothing else in
 ``gateway`` imports crm_lite.
@@ -15,7 +15,7 @@ from gateway.http import Router
 from gateway.router.commands import Outbox
 from gateway.store import Store
 
-from . import approvals, approvals_api, lottery, lottery_api
+from . import approvals, approvals_api, expiry, lottery, lottery_api
 from .api import authenticate, register_crm
 from .handler import CrmHandler, members_handler
 from .members import member_by_phone
@@ -59,9 +59,13 @@ def register_all(router: Router, running, *, approval_timeout_s: float = DEFAULT
 
 
 async def serve_crm(store: Store, outbox: Outbox, *, escalation_interval: float = approvals.DEFAULT_INTERVAL_S,
-                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """The CRM's background work: escalating approvals past their deadline."""
+                    expiry_interval: float = expiry.DEFAULT_INTERVAL_S, timezone: str = "Asia/Shanghai",
+                    metrics=None, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The CRM's background work: escalating approvals past their deadline, and expiring the
+    points of merchants whose points expire (once at start, then every ``expiry_interval``)."""
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(approvals.serve_escalations, store, outbox,
                                               interval=escalation_interval))
+        points_expiry = expiry.PointsExpiry(store, interval=expiry_interval, timezone=timezone, metrics=metrics)
+        await nursery.start(points_expiry.run)
         task_status.started()

@@ -111,7 +111,9 @@ async def serve_gateway(
             await store.ensure_account(account.name)
         for merchant in config.merchants:
             owner = await store.ensure_account(merchant.account)
-            await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
+            made = await store.ensure_merchant(merchant.name, owner.id, merchant.service_number, merchant.signature)
+            await store.set_merchant_accounts(made.id, [(await store.ensure_account(name)).id
+                                                        for name in merchant.accounts])
         for channel in channels:
             attach = getattr(channel, "attach_quota_store", None)
             if attach is not None:  # SIM daily counts survive restarts
@@ -159,7 +161,9 @@ async def serve_gateway(
 
                 register_all(router, running, approval_timeout_s=config.crm.approval_timeout)
                 await nursery.start(functools.partial(serve_crm, store, running.outbox,
-                                                      escalation_interval=config.crm.escalation_interval))
+                                                      escalation_interval=config.crm.escalation_interval,
+                                                      expiry_interval=config.crm.expiry_interval,
+                                                      timezone=config.dispatcher.timezone, metrics=metrics))
             if config.admin.enabled:
                 running.admin_ws_url = await start_admin(nursery, config, running, router)
             if extra_routes is not None:

@@ -3,8 +3,10 @@
 The rules are pure (:mod:`gateway.router.compliance`); this module brings them to the store:
 
 - :class:`ComplianceScreen` is the dispatcher's ``screen`` hook: one query per claimed batch
-  finds blocklisted destinations and marketing to consumers who unsubscribed from the sending
-  account's merchant; those messages end ``rejected`` with ``blocklisted`` / ``unsubscribed``.
+  finds blocklisted destinations and marketing to consumers who unsubscribed from a merchant
+  that sends through the sending account (a merchant may send through several: its own
+  account and ``[[merchants]] accounts``); those messages end ``rejected`` with
+  ``blocklisted`` / ``unsubscribed``.
 - :class:`MerchantDirectory` keeps the merchants in memory (refreshed after a short TTL), so the
   API can add a merchant's signature to marketing texts at accept time without a query per
   request.
@@ -66,7 +68,9 @@ class MerchantDirectory:
     """The merchants by account, read from the store at most once per ``ttl`` seconds.
 
     :meth:`signature_for` is what the accept path asks: a dict look-up while the copy is fresh.
-    An account with several merchants signs with the first (lowest id) that has a signature.
+    An account may be a merchant's own or one of the further accounts it sends through; an
+    account with several merchants signs with the first that has a signature (own accounts
+    before further ones, then by merchant id).
     If the database cannot be read, the last copy stays in use (and the read is retried at the
     next request after the TTL).
     """
@@ -80,11 +84,16 @@ class MerchantDirectory:
 
     async def refresh(self) -> None:
         merchants = await self._store.merchants()
+        by_id = {m.id: m for m in merchants}
+        # A merchant's own account first, then the further accounts it sends through.
+        pairs = [(m.account_id, m) for m in merchants]
+        pairs += [(account_id, by_id[merchant_id]) for merchant_id, account_id in await self._store.merchant_accounts()
+                  if merchant_id in by_id]
         by_account: dict[int, Merchant] = {}
-        for m in merchants:  # ordered by id: the first with a signature wins
-            current = by_account.get(m.account_id)
+        for account_id, m in pairs:  # the first with a signature wins
+            current = by_account.get(account_id)
             if current is None or (not current.signature and m.signature):
-                by_account[m.account_id] = m
+                by_account[account_id] = m
         self._by_account = by_account
         self._fresh_until = time.monotonic() + self._ttl
 

@@ -133,6 +133,10 @@ class ModemConfig(_Section, kw_only=True):
     baudrate: Annotated[int, Meta(ge=1200)] = 115200
     service_number: str = ""
     """The SIM's own number, reported as the service number of the messages it receives."""
+    direct_routing: bool | None = None
+    """Incoming messages routed straight to the gateway (``AT+CSMS=1``, ``AT+CNMI=2,2,0,1,0``:
+    ``+CMT``/``+CDS`` each acknowledged with ``AT+CNMA``) instead of stored on the SIM
+    (``+CMTI``); for modems whose firmware supports phase 2+ acknowledgement. Unset: false."""
 
 
 class AccountConfig(_Section, kw_only=True):
@@ -156,6 +160,9 @@ class CrmConfig(_Section):
     """Seconds an approval request waits for its approver before it escalates."""
     escalation_interval: Seconds = 30.0
     """Seconds between checks for requests past their deadline."""
+    expiry_interval: Seconds = 86_400.0
+    """Seconds between two rounds of the scheduled points expiry (one at start, then one a day);
+    a merchant's points expire by its ``points_expire_days`` setting."""
 
 
 class MerchantConfig(_Section, kw_only=True):
@@ -167,6 +174,10 @@ class MerchantConfig(_Section, kw_only=True):
     service_number: Annotated[str, Meta(pattern=r"^[0-9]{3,21}$")]
     signature: Annotated[str, Meta(max_length=40)] = ""
     """Added to marketing texts that lack it, e.g. ``【某某商场】``."""
+    accounts: list[Name] = []
+    """Further accounts the merchant sends through (created at start if missing), e.g. its shop
+    app's: marketing from any of them carries its signature and stops for a consumer who
+    unsubscribed from the merchant."""
 
 
 class ComplianceConfig(_Section):

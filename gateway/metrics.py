@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .events import Event, EventBus, LimitEvent, MoEvent
+from .events import Event, EventBus, LimitEvent
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,15 +64,13 @@ class Metrics:
             "smsgw_compliance_refused_total", "Messages refused before sending, by reason (blocklisted,"
             " unsubscribed)", ["reason"], registry=r)
         # -- routing and limits --
-        self.limit_waits = Counter(
-            "smsgw_limit_waits_total", "Messages that waited on a limit, by scope (channel, recipient, account)",
-            ["scope"], registry=r)
         self.retries = Counter(
             "smsgw_message_retries_total", "Transient submit failures sent back to the queue, by failing channel",
             ["channel"], registry=r)
         self.routing_version = Gauge(
             "smsgw_routing_table_version", "Version of the routing table in force on this node", registry=r)
         self._declare_operations(r)
+        self._declare_points_expiry(r)
 
     def watch_links(self, channels: Callable[[], Iterable[object]]) -> None:
         """Export the links of channels that have ``statistics()`` (read at scrape time)."""
@@ -90,15 +88,14 @@ class Metrics:
         self.queue_oldest_age = Gauge(
             "smsgw_queue_oldest_age_seconds", "Age of the oldest message in the outbound queue by class (sampled)",
             ["class"], registry=r)
+        # Counted by the drivers (dispatcher, API), which know how many messages a wait held;
+        # the bus only carries how long (limit_wait_seconds).
         self.limit_waits = Counter(
-            "smsgw_rate_limit_waits_total", "Sends that waited or were refused for a rate limit or quota, by scope",
-            ["scope"], registry=r)
+            "smsgw_rate_limit_waits_total", "Sends that waited or were refused for a rate limit or quota, by scope"
+            " (channel, recipient, account)", ["scope"], registry=r)
         self.limit_wait_seconds = Histogram(
             "smsgw_rate_limit_wait_seconds", "How long a rate limit made a send wait, by scope", ["scope"],
             buckets=_WAIT_BUCKETS, registry=r)
-        self.mo_commands = Counter(
-            "smsgw_mo_commands_total", "Inbound messages by the command they carried (none: not a command)",
-            ["command"], registry=r)
         self.crm_events = Counter(
             "smsgw_crm_events_total", "CRM events by kind (member joined, points, lottery, approval, ...)",
             ["kind"], registry=r)
@@ -113,7 +110,6 @@ class Metrics:
             "smsgw_admin_disconnects_total", "Admin viewers disconnected by the gateway, by reason", ["reason"],
             registry=r)
         r.register(_ModemCollector(self._watched))
-        self._command_label = _BoundedLabel()
         self._crm_label = _BoundedLabel()
         self._scope_label = _BoundedLabel()
 
@@ -122,14 +118,11 @@ class Metrics:
         self.crm_events.labels(self._crm_label(kind)).inc(n)
 
     def observe_event(self, event: Event) -> None:
-        """Count what the bus carries that no driver counts itself: limit waits, MO commands."""
-        if type(event) is LimitEvent:
-            scope = self._scope_label(event.scope)
-            self.limit_waits.labels(scope).inc(event.count)
-            if event.wait_s > 0:
-                self.limit_wait_seconds.labels(scope).observe(event.wait_s)
-        elif type(event) is MoEvent:
-            self.mo_commands.labels(self._command_label(event.command)).inc()
+        """Observe what only the bus carries: how long a limit made sends wait. (The drivers
+        count the waits themselves, in ``limit_waits``; MO dispatch counts commands in
+        ``mo_dispatched``.)"""
+        if type(event) is LimitEvent and event.wait_s > 0:
+            self.limit_wait_seconds.labels(self._scope_label(event.scope)).observe(event.wait_s)
 
     async def sample_queue(self, store) -> None:
         """Read the queue's depth and oldest age per class from ``store`` into the gauges.
@@ -144,6 +137,20 @@ class Metrics:
             self.queue_messages.labels(klass).set(depth)
             self.queue_oldest_age.labels(klass).set(oldest)
         self.queue_depth.set(total)
+
+    # -- crm_lite's scheduled points expiry ---------------------------------------------------
+
+    def _declare_points_expiry(self, r: CollectorRegistry) -> None:
+        self.points_expired = Counter(
+            "smsgw_crm_points_expired_total", "Loyalty points expired by the scheduled expiry", registry=r)
+        self.points_expiry_rounds = Counter(
+            "smsgw_crm_points_expiry_rounds_total", "Scheduled points expiry rounds, by result (ok, failed)",
+            ["result"], registry=r)
+
+    def count_points_expiry(self, points: int, *, failed: bool) -> None:
+        """Count one expiry round that expired ``points`` (``failed``: some merchant's run failed)."""
+        self.points_expired.inc(points)
+        self.points_expiry_rounds.labels("failed" if failed else "ok").inc()
 
     def totals(self) -> dict[str, float]:
         """Running totals the admin stream turns into rates: ``accepted``, each status, ``mo``."""
@@ -267,8 +274,8 @@ class _ModemCollector:
 
 
 class MeteredBus(EventBus):
-    """The event bus, counting into ``metrics`` what only travels on it (limit waits, MO
-    commands). One type test per event; nothing is built when nobody listens."""
+    """The event bus, observing into ``metrics`` what only travels on it (limit wait
+    durations). One type test per event; nothing is built when nobody listens."""
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__()

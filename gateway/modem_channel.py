@@ -98,6 +98,7 @@ class ModemChannel:
                     daily_quota=m.daily_quota,
                     pin=m.pin or None,
                     baudrate=m.baudrate,
+                    direct_routing=m.direct_routing,
                 )
                 for m in modems
             ],

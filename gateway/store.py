@@ -1167,7 +1167,8 @@ class Store:
             " dispatched_at, attempts FROM inbound_messages WHERE id = $1", mo_id)
 
     async def unsubscribe(self, merchant_id: int, phone: str, mo_id: int | None = None) -> bool:
-        """No more marketing from the merchant's account to ``phone``; ``False`` if it was so already."""
+        """No more marketing from the merchant (through any of its accounts) to ``phone``;
+        ``False`` if it was so already."""
         return await self.fetchval(
             "INSERT INTO mo_unsubscribes (merchant_id, phone, mo_id) VALUES ($1, $2, $3)"
             " ON CONFLICT (merchant_id, phone) DO NOTHING RETURNING true", merchant_id, phone, mo_id) is not None
@@ -1183,21 +1184,43 @@ class Store:
 
     async def compliance_flags(self, messages: Sequence[tuple[int, str, int, bool]]) -> dict[int, tuple[bool, bool]]:
         """For (message_id, dest, account_id, marketing) each, in one query: the messages whose
-        destination is blocklisted or (for marketing) unsubscribed from one of the account's
-        merchants, as ``{id: (blocklisted, unsubscribed)}``; the others are left out."""
+        destination is blocklisted or (for marketing) unsubscribed from a merchant that sends
+        through the account (its own account, or one of its ``merchant_accounts``), as
+        ``{id: (blocklisted, unsubscribed)}``; the others are left out. An account no merchant
+        sends through has no unsubscribes."""
         if not messages:
             return {}
         cols = list(zip(*messages))
         rows = await self.fetch(
             "SELECT id, blocked, unsubscribed FROM ("
             " SELECT t.id, b.phone IS NOT NULL AS blocked,"
-            "        t.marketing AND EXISTS (SELECT 1 FROM mo_unsubscribes u JOIN merchants m ON m.id = u.merchant_id"
-            "                                WHERE u.phone = t.dest AND m.account_id = t.account_id) AS unsubscribed"
+            "        t.marketing AND EXISTS (SELECT 1 FROM mo_unsubscribes u WHERE u.phone = t.dest AND u.merchant_id IN ("
+            "            SELECT m.id FROM merchants m WHERE m.account_id = t.account_id"
+            "            UNION ALL SELECT ma.merchant_id FROM merchant_accounts ma WHERE ma.account_id = t.account_id"
+            "        )) AS unsubscribed"
             " FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bool[]) AS t(id, dest, account_id, marketing)"
             " LEFT JOIN blocklist b ON b.phone = t.dest) f"
             " WHERE blocked OR unsubscribed",
             list(cols[0]), list(cols[1]), list(cols[2]), list(cols[3]))
         return {r["id"]: (r["blocked"], r["unsubscribed"]) for r in rows}
+
+    async def set_merchant_accounts(self, merchant_id: int, account_ids: Sequence[int]) -> None:
+        """The accounts the merchant sends through besides its own become exactly ``account_ids``
+        (its own, ``merchants.account_id``, is implied and skipped if listed)."""
+        async with self.transaction() as tx:
+            await tx.execute(
+                "DELETE FROM merchant_accounts ma USING merchants m WHERE ma.merchant_id = $1 AND m.id = $1"
+                " AND (ma.account_id <> ALL($2::bigint[]) OR ma.account_id = m.account_id)",
+                merchant_id, list(account_ids))
+            await tx.execute(
+                "INSERT INTO merchant_accounts (merchant_id, account_id)"
+                " SELECT m.id, a FROM merchants m, unnest($2::bigint[]) AS a WHERE m.id = $1 AND a <> m.account_id"
+                " ON CONFLICT DO NOTHING", merchant_id, list(account_ids))
+
+    async def merchant_accounts(self) -> list[tuple[int, int]]:
+        """Every (merchant_id, account_id) a merchant sends through besides its own account."""
+        return [(r["merchant_id"], r["account_id"]) for r in await self.fetch(
+            "SELECT merchant_id, account_id FROM merchant_accounts ORDER BY merchant_id, account_id")]
 
     async def block(self, phone: str, reason: str = "", source: str = "admin") -> tuple[BlockedNumber, bool]:
         """Put ``phone`` (11-digit form) on the blocklist; returns the entry and whether it is new.

@@ -220,3 +220,64 @@ async def test_merchant_directory_reads_again_after_its_ttl(store):
     assert await directory.signature_for(account.id) == ""  # still the cached copy: no query per request
     await trio.sleep(0.35)
     assert await directory.signature_for(account.id) == "【小店】"
+
+
+# --- unsubscribes per merchant, whichever of its accounts sends ---------------------------------
+
+
+async def test_td_to_a_merchant_stops_its_marketing_from_each_of_its_accounts(nursery, database_url):
+    channel = ScriptedChannel()
+    # the mall sends as "acme" (the test gateway's account) and through its app's account
+    shop = MerchantConfig(name="mall", account="acme", service_number=MALL_NUMBER, signature=SIGNATURE,
+                          accounts=["mall-app"])
+    cafe = MerchantConfig(name="cafe", account="cafe", service_number="10658888002", signature="【咖啡馆】")
+    gw = await start_gateway(nursery, database_url, channels=[channel], merchants=[shop, cafe])
+    app = await gw.store.account_by_name("mall-app")
+    cafe_account = await gw.store.account_by_name("cafe")
+    await channel.mo(CONSUMER, "TD", service_number=MALL_NUMBER)
+    with trio.fail_after(10):
+        while await gw.store.fetchval("SELECT count(*) FROM mo_unsubscribes") == 0:
+            await trio.sleep(0.02)
+    outbox = gw.running.outbox
+    (promo_app,) = await outbox.send(account_id=app.id, to=CONSUMER, text="会员日满减", msg_class="marketing")
+    (code_app,) = await outbox.send(account_id=app.id, to=CONSUMER, text="您的取货码 8812")
+    (promo_cafe,) = await outbox.send(account_id=cafe_account.id, to=CONSUMER, text="新品拿铁", msg_class="marketing")
+    (promo_own,) = await send(gw, {"to": CONSUMER, "text": "周末全场八折", "class": "marketing"})
+    (promo_app_other,) = await outbox.send(account_id=app.id, to="13900000002", text="会员日满减",
+                                           msg_class="marketing")
+    assert await final(gw, str(promo_app)) == ("rejected", "unsubscribed")
+    assert await final(gw, promo_own["id"]) == ("rejected", "unsubscribed")
+    assert await final(gw, str(code_app)) == ("submitted", None)
+    assert await final(gw, str(promo_cafe)) == ("submitted", None)
+    assert await final(gw, str(promo_app_other)) == ("submitted", None)
+    sent = {m.id: "".join(m.parts) for m in channel.submitted}
+    # the app's marketing carries the mall's signature, like the mall's own account's
+    assert sent[promo_app_other] == SIGNATURE + "会员日满减"
+    assert sent[promo_cafe] == "【咖啡馆】新品拿铁"
+
+
+async def test_merchant_accounts_follow_the_configuration(store):
+    own = await store.ensure_account("mall")
+    app = await store.ensure_account("mall-app")
+    agency = await store.ensure_account("agency")
+    merchant = await store.ensure_merchant("mall", own.id, MALL_NUMBER, SIGNATURE)
+    await store.set_merchant_accounts(merchant.id, [app.id, agency.id, own.id])  # its own is implied
+    assert await store.merchant_accounts() == [(merchant.id, app.id), (merchant.id, agency.id)]
+    await store.set_merchant_accounts(merchant.id, [agency.id])  # the app left the configuration
+    assert await store.merchant_accounts() == [(merchant.id, agency.id)]
+    directory = MerchantDirectory(store)
+    assert await directory.signature_for(agency.id) == SIGNATURE
+    assert await directory.signature_for(app.id) == ""
+    await store.unsubscribe(merchant.id, CONSUMER)
+    flags = await store.compliance_flags([(1, CONSUMER, agency.id, True), (2, CONSUMER, app.id, True),
+                                          (3, CONSUMER, own.id, True), (4, CONSUMER, agency.id, False)])
+    assert flags == {1: (False, True), 3: (False, True)}
+
+
+def test_merchant_accounts_config_key():
+    config = parse_config(b'[[merchants]]\nname = "mall"\naccount = "mall"\nservice_number = "10658888001"\n'
+                          b'accounts = ["mall-app", "agency"]\n')
+    assert config.merchants[0].accounts == ["mall-app", "agency"]
+    with pytest.raises(ConfigError, match="accounts"):
+        parse_config(b'[[merchants]]\nname = "mall"\naccount = "mall"\nservice_number = "10658888001"\n'
+                     b'accounts = ["bad name!"]\n')

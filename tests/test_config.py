@@ -80,3 +80,16 @@ def test_merchants_table_and_its_uniqueness():
                      b'[[merchants]]\nname = "b"\naccount = "b"\nservice_number = "1065"\n')
     with pytest.raises(ConfigError, match="service_number"):
         parse_config(b'[[merchants]]\nname = "a"\naccount = "a"\nservice_number = "abc"\n')
+
+
+def test_modem_direct_routing_key_reaches_the_pool():
+    from gateway.modem_channel import ModemChannel
+
+    c = parse_config('[[modems]]\nname = "m1"\ndevice = "/dev/ttyUSB0"\noperators = ["cucc"]\ndirect_routing = true\n'
+                     '[[modems]]\nname = "m2"\ndevice = "/dev/ttyUSB1"\noperators = ["cucc"]\n')
+    assert [m.direct_routing for m in c.modems] == [True, None]
+    pool = ModemChannel(c.modems).pool
+    specs = {slot.spec.name: slot.spec for slot in pool._slots.values()}
+    assert specs["m1"].direct_routing is True and specs["m2"].direct_routing is None
+    with pytest.raises(ConfigError, match=r"\$\.modems\[0\]\.direct_routing"):
+        parse_config('[[modems]]\nname = "m1"\ndevice = "/d"\noperators = ["cucc"]\ndirect_routing = "yes"\n')

@@ -156,3 +156,31 @@ async def test_daily_counts_survive_a_restart_through_the_store(nursery, store):
         assert await store.modem_sent_counts(date.fromisoformat(today)) == {"u1": 3}
 
     await run_channel(second_life)
+
+
+async def test_direct_routing_from_the_modem_config(nursery, database_url, tmp_path):
+    """``direct_routing = true`` in a ``[[modems]]`` table: the modem is set to AT+CSMS=1, MOs
+    come as +CMT and are acknowledged with AT+CNMA once stored, nothing touches the SIM; the
+    other modem keeps the default (stored on the SIM, +CMTI)."""
+    from gateway.modem_pool.emulator import ModemEmulator
+
+    network = HandsetNetwork()
+    direct = ModemEmulator(network, "18600000011", link_path=tmp_path / "u1")
+    stored = ModemEmulator(network, "18600000012", link_path=tmp_path / "u2")
+    await nursery.start(direct.run)
+    await nursery.start(stored.run)
+    ch = ModemChannel([
+        ModemConfig(name="u1", device=direct.device, operators=["cucc"], direct_routing=True),
+        ModemConfig(name="u2", device=stored.device, operators=["cucc"]),
+    ])
+    gw = await start_gateway(nursery, database_url, channels=[ch])
+    network.send_from_handset("13900000001", "18600000011", "direct")
+    network.send_from_handset("13900000002", "18600000012", "via the SIM")
+    with trio.fail_after(20):
+        while await gw.store.fetchval("SELECT count(*) FROM inbound_messages") < 2 or not direct.commands["+CNMA"]:
+            await trio.sleep(0.05)
+    rows = await gw.store.fetch("SELECT service_number, body FROM inbound_messages ORDER BY body")
+    assert [tuple(r) for r in rows] == [("18600000011", "direct"), ("18600000012", "via the SIM")]
+    assert direct.commands["+CSMS"] == 1 and direct.commands["+CNMA"] == 1 and direct.commands["+CMGR"] == 0
+    assert stored.commands["+CSMS"] == 0 and stored.commands["+CNMA"] == 0 and stored.commands["+CMGR"] >= 1
+    assert direct.redelivered == 0

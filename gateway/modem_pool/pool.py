@@ -159,6 +159,8 @@ class ModemSpec(msgspec.Struct, frozen=True, kw_only=True):
     daily_quota: int = 500
     pin: str | None = None
     baudrate: int = 115200
+    direct_routing: bool | None = None
+    """This modem's incoming routing (see :class:`ModemPool`); None: the pool's ``direct_routing``."""
 
 
 class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -323,7 +325,8 @@ class ModemPool:
 
     Daily quotas count per calendar day in ``timezone`` (a name or a :class:`tzinfo`), read
     from ``wall_clock``; :meth:`seed_counts` brings in what was sent earlier that day (from the
-    database, at start). With ``direct_routing`` the modem is set to ``AT+CSMS=1`` and
+    database, at start). With ``direct_routing`` (for every modem, or per modem in its
+    :class:`ModemSpec`) the modem is set to ``AT+CSMS=1`` and
     ``AT+CNMI=2,2,0,1,0``: MOs and reports come as ``+CMT``/``+CDS`` and each is acknowledged
     with ``AT+CNMA`` (TS 27.005 §3.4.4) once taken; by default MOs are stored on the SIM
     (``+CMTI``) and deleted after the consumer's ack.
@@ -588,7 +591,7 @@ class ModemPool:
                 await nursery.start(modem.run)
                 with trio.move_on_after(self._init_timeout) as scope:
                     status = await modem.initialize()
-                    if self._direct:
+                    if self._direct_for(spec):
                         await modem.command(RawCommand("AT+CSMS=1", "+CSMS"))
                         await modem.command(SetIndications(mode=2, mt=2, ds=1))
                 if scope.cancelled_caught:
@@ -728,8 +731,11 @@ class ModemPool:
                     await self._handle_pdu(slot, modem, nursery, stored.pdu, event.index)
             elif isinstance(event, (IncomingStatusReport, IncomingDeliver)):
                 mo = await self._handle_pdu(slot, modem, nursery, event.pdu, None)
-                if self._direct:
+                if self._direct_for(slot.spec):
                     await self._acknowledge(slot, modem, mo)
+
+    def _direct_for(self, spec: ModemSpec) -> bool:
+        return self._direct if spec.direct_routing is None else spec.direct_routing
 
     async def _acknowledge(self, slot: _Slot, modem: Modem, mo: ModemMo | None) -> None:
         """``AT+CNMA`` for a ``+CMT``/``+CDS`` (TS 27.005 §3.4.4), once it is safe.

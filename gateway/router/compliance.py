@@ -1,8 +1,9 @@
 """Compliance policy (pure): who may not be sent to, and the merchant's signature.
 
 Issue 5, "Compliance guards": a consumer who texted ``TD`` / ``T`` / ``退订`` to a merchant gets
-no more *marketing* from that merchant's account (such a send ends ``rejected`` with the code
-``unsubscribed``); a number on the global blocklist gets nothing at all (``blocklisted``),
+no more *marketing* from that merchant, through whichever of its accounts (such a send ends
+``rejected`` with the code ``unsubscribed``); an account shared by several merchants stops
+marketing to a consumer who left any of them, the message not saying which it is for; a number on the global blocklist gets nothing at all (``blocklisted``),
 transactional texts included. The merchant's signature (``【某某商场】``) is put in front of a
 marketing text that lacks it, the Chinese convention, before its parts are counted.
 
