@@ -21,7 +21,7 @@ async def text(c: httpx.AsyncClient, phone: str, body: str) -> None:
 
 
 async def test_consumer_and_staff_play_the_demo(nursery, tmp_path):
-    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0",
+    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0", admin_ws="127.0.0.1:0",
                                                        ismg="127.0.0.1:0"))
     assert info["staff"] == {"owner": "13900000009", "manager": "13900000008", "cashier": "13900000007"}
     async with httpx.AsyncClient(base_url=info["http"], timeout=30) as c:

@@ -9,7 +9,7 @@ from gateway.demo import DemoOptions, serve_demo
 
 
 async def test_handsets_send_and_receive_through_the_simulated_operator(nursery, tmp_path):
-    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0",
+    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0", admin_ws="127.0.0.1:0",
                                                        ismg="127.0.0.1:0"))
     auth = {"Authorization": f"Bearer {info['api_key']}"}
     long_text = "亲爱的会员，您的积分即将到期，请尽快兑换礼品。" * 4
@@ -41,7 +41,7 @@ async def test_handsets_send_and_receive_through_the_simulated_operator(nursery,
 
 
 async def test_unicom_and_telecom_go_through_the_emulated_modems(nursery, tmp_path):
-    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0",
+    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0", admin_ws="127.0.0.1:0",
                                                        ismg="127.0.0.1:0"))
     assert len(info["modems"]) == 4 and all(d.startswith("/dev/pts/") for d in info["modems"])
     auth = {"Authorization": f"Bearer {info['api_key']}"}

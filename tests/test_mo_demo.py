@@ -23,7 +23,7 @@ async def wait_inbox(c: httpx.AsyncClient, phone: str, count: int) -> list[dict]
 
 async def test_demo_merchant_answers_and_honours_td(nursery, tmp_path):
     ready = tmp_path / "ready.json"
-    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0",
+    info = await nursery.start(serve_demo, DemoOptions(data_dir=str(tmp_path / "d"), http="127.0.0.1:0", admin_ws="127.0.0.1:0",
                                                        ismg="127.0.0.1:0", ready_file=str(ready)))
     assert json.loads(ready.read_text())["service_number"] == "10658888001"
     auth = {"Authorization": f"Bearer {info['api_key']}"}
