@@ -77,6 +77,16 @@ async def test_every_scenario_runs_clean_on_the_self_contained_stack(database_ur
             handsets = mixed["modem_handsets"]
             assert handsets["sent"] >= 1 and handsets["received"] == handsets["sent"] and handsets["duplicates"] == 0
             assert mixed["gateway"]["by_channel"]["delivered/modems"] == handsets["sent"]
+            # Delivery latency per channel kind, from the sampled messages' histories.
+            by_route = mixed["delivery_by_route"]
+            assert by_route["modem"]["accepted"] == handsets["sent"] == by_route["modem"]["sampled"]
+            assert by_route["modem"]["channels"] == {"modems": handsets["sent"]}
+            assert by_route["cmpp"]["sampled"] > 0 and by_route["cmpp"]["not_delivered"] == 0
+            for route in by_route.values():
+                sub, dlv = route["accept_to_submitted_ms"], route["accept_to_delivered_ms"]
+                assert dlv["count"] == route["sampled"] and route["unreadable"] == 0
+                assert 0 <= sub["p50"] <= dlv["p50"] and sub["p99"] <= sub["max"] and dlv["p99"] <= dlv["max"]
+            assert 0 < mixed["delivered_throughput_per_s"] <= mixed["throughput_per_s"] * 2
 
             # The same gateway as a target: no simulator of the run's own, so duplicates go uncounted.
             target = await run_scenario(Options("single", rate=50, duration=1.0, target=stack.http,
