@@ -50,6 +50,8 @@ class MessageTimes:
     status: str
     to_submitted: float | None
     to_delivered: float | None
+    to_queued: float | None = None
+    """To ``queued``: the dispatcher claimed it and chose its channel."""
 
 
 def message_times(body: bytes) -> MessageTimes:
@@ -66,7 +68,7 @@ def message_times(body: bytes) -> MessageTimes:
         return None if accepted is None or at is None else max(0.0, (at - accepted).total_seconds())
 
     return MessageTimes(channel=view.channel, status=view.status, to_submitted=since("submitted"),
-                        to_delivered=since("delivered"))
+                        to_delivered=since("delivered"), to_queued=since("queued"))
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -86,8 +88,10 @@ def _ms(values: Sequence[float]) -> dict[str, float]:
 
 
 def route_latency(times: Iterable[MessageTimes]) -> dict[str, object]:
-    """Percentiles (ms) of accept → submitted and accept → delivered over one route's sample,
+    """Percentiles (ms) of accept → queued (claimed and routed), accept → submitted and
+    accept → delivered over one route's sample,
     the channels the sample went through, and how many never got there."""
+    queued: list[float] = []
     submitted: list[float] = []
     delivered: list[float] = []
     channels: Counter[str] = Counter()
@@ -97,6 +101,8 @@ def route_latency(times: Iterable[MessageTimes]) -> dict[str, object]:
         sampled += 1
         channels[t.channel or "-"] += 1
         statuses[t.status] += 1
+        if t.to_queued is not None:
+            queued.append(t.to_queued)
         if t.to_submitted is not None:
             submitted.append(t.to_submitted)
         if t.to_delivered is not None:
@@ -105,6 +111,7 @@ def route_latency(times: Iterable[MessageTimes]) -> dict[str, object]:
         "sampled": sampled,
         "channels": dict(sorted(channels.items())),
         "statuses": dict(sorted(statuses.items())),
+        "accept_to_queued_ms": _ms(queued),
         "accept_to_submitted_ms": _ms(submitted),
         "accept_to_delivered_ms": _ms(delivered),
         "not_submitted": sampled - len(submitted),

@@ -164,8 +164,9 @@ def summary(report: dict[str, object]) -> str:
         ("cpu seconds", "  ".join(f"{k} {v}" for k, v in report["cpu_seconds"].items())),  # type: ignore[union-attr]
     ]
     for route, d in report.get("delivery_by_route", {}).items():  # type: ignore[union-attr]
-        sub, dlv = d["accept_to_submitted_ms"], d["accept_to_delivered_ms"]
-        rows.append((f"{route} ms", f"accept→submitted p50 {sub['p50']:,.0f} p99 {sub['p99']:,.0f}  "
+        que, sub, dlv = d.get("accept_to_queued_ms", {}), d["accept_to_submitted_ms"], d["accept_to_delivered_ms"]
+        rows.append((f"{route} ms", f"accept→queued p50 {que.get('p50', 0):,.0f}  "
+                                    f"accept→submitted p50 {sub['p50']:,.0f} p99 {sub['p99']:,.0f}  "
                                     f"accept→delivered p50 {dlv['p50']:,.0f} p99 {dlv['p99']:,.0f}  "
                                     f"({d['sampled']} of {d['accepted']:,} sampled, offered {d['offered_per_s']}/s)"))
     for check in report["checks"]:  # type: ignore[union-attr]

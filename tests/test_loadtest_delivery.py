@@ -32,7 +32,8 @@ def _history(*events: tuple[str, float], channel: str | None = "cmcc-1", status:
 def test_message_times_from_the_gateways_history():
     t = message_times(_history(("accepted", 0), ("queued", 0.01), ("submitted", 0.25), ("submitted", 0.3),
                                ("delivered", 1.5)))
-    assert t == MessageTimes(channel="cmcc-1", status="delivered", to_submitted=0.25, to_delivered=1.5)
+    assert t == MessageTimes(channel="cmcc-1", status="delivered", to_submitted=0.25, to_delivered=1.5,
+                             to_queued=0.01)
     pending = message_times(_history(("accepted", 0), ("queued", 0.01), channel=None, status="queued"))
     assert pending.to_submitted is None and pending.to_delivered is None and pending.channel is None
     failed = message_times(_history(("accepted", 0), ("submitted", 2.0), ("undeliverable", 9.0),
@@ -48,7 +49,7 @@ def test_nearest_rank_percentile():
 
 def test_route_latency_and_the_report_per_route():
     cmpp = [MessageTimes("cmcc-1", "delivered", i / 1000, 1 + i / 1000) for i in range(1, 101)]
-    cmpp.append(MessageTimes("cmcc-1", "submitted", 0.5, None))
+    cmpp.append(MessageTimes("cmcc-1", "submitted", 0.5, None, to_queued=0.25))
     modem = [MessageTimes("modems", "delivered", 2.0, 6.0), MessageTimes("modems", "delivered", 4.0, 8.0)]
     report = delivery_report({ROUTE_MODEM: modem, ROUTE_CMPP: cmpp}, {ROUTE_CMPP: 5000, ROUTE_MODEM: 40}, 10.0)
     assert list(report) == [ROUTE_CMPP, ROUTE_MODEM]
@@ -58,6 +59,7 @@ def test_route_latency_and_the_report_per_route():
     assert c["accept_to_submitted_ms"]["p50"] == 51.0  # 101 values: the 51st and c["accept_to_submitted_ms"]["count"] == 101
     assert c["accept_to_delivered_ms"] == {"p50": 1050.0, "p90": 1090.0, "p99": 1099.0, "max": 1100.0, "count": 100}
     assert c["not_submitted"] == 0 and c["not_delivered"] == 1
+    assert c["accept_to_queued_ms"]["count"] == 1 and c["accept_to_queued_ms"]["p50"] == 250.0
     m = report[ROUTE_MODEM]
     assert m["offered_per_s"] == 4.0 and m["accept_to_delivered_ms"]["p50"] == 6000.0
     assert m["accept_to_delivered_ms"]["p99"] == 8000.0
