@@ -268,6 +268,13 @@ def render(summary: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk (default 10)")
@@ -287,12 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.dlr_mask <= 31:
         print("--dlr-mask must be within 1..31", file=sys.stderr)
         return 2
+    failures: list[str] = []
+    summary: dict[str, object] = {}
     try:
         summary = trio.run(functools.partial(run_bench, duration=args.duration, dlr=args.dlr,
                                              dlr_mask=args.dlr_mask, wait=args.wait,
                                              database_url=args.database_url))
-    except LoadTestError as exc:
-        print(f"kannel_bench: {exc}", file=sys.stderr)
+    except* LoadTestError as group:  # raised inside the receiver's nursery, so it comes grouped
+        failures = [str(e) for e in _leaves(group)]
+    if failures:
+        print("kannel_bench: " + "; ".join(failures), file=sys.stderr)
         return 1
     print(render(summary))
     print(json.dumps(summary, indent=2))

@@ -11,8 +11,8 @@ import pytest
 from gateway.api import build_accept
 from gateway.http import Request
 from gateway.kannel import expand_dlr_url, parse_params, sendsms_request
-from loadtest.kannel_bench import (DLR_MASK_ALL, DLR_PATH, DlrCounter, dlr_url_template, parse_wrk, sendsms_prefix,
-                                   summarize)
+from loadtest.kannel_bench import (DLR_MASK_ALL, DLR_PATH, DlrCounter, _leaves, dlr_url_template, parse_wrk,
+                                   sendsms_prefix, summarize)
 from loadtest.scenarios import LoadTestError
 
 WRK_OUTPUT = """\
@@ -113,3 +113,9 @@ def test_summary_counts_callbacks_against_what_the_gateway_accepted():
                       dlr_mask=0, waited_s=0.0)
     assert "dlr" not in plain and plain["gateway_cpu_ms_per_message"] is None
     assert plain["latency_ms"]["p99"] == 1220.0
+
+
+def test_a_failure_inside_the_receivers_nursery_is_found_in_its_group():
+    group = ExceptionGroup("run", [LoadTestError("wrk exited with 1"),
+                                   ExceptionGroup("stack", [LoadTestError("the gateway exited with 3")])])
+    assert [str(e) for e in _leaves(group)] == ["wrk exited with 1", "the gateway exited with 3"]
