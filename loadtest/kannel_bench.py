@@ -34,6 +34,7 @@ from pathlib import Path
 import trio
 
 from gateway.http import Request, Response, serve_http
+from gateway.kannel import MAX_DLR_MASK
 
 from .accounting import GatewayCounts
 from .http_client import Endpoint
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds of wrk (default 10)")
     ap.add_argument("--dlr", action="store_true", help="ask for delivery reports to a local dlr-url and count them")
-    ap.add_argument("--dlr-mask", type=int, default=DLR_MASK_ALL, help="dlr-mask with --dlr (default 31: all)")
+    ap.add_argument("--dlr-mask", type=int, default=DLR_MASK_ALL,
+                    help="dlr-mask with --dlr (default 31: every report; 63 as Kannel apps often send)")
     ap.add_argument("--wait", type=float, default=DEFAULT_WAIT,
                     help=f"seconds to wait for the last callbacks after wrk (default {DEFAULT_WAIT:g})")
     ap.add_argument("--database-url", default="", help="an existing PostgreSQL (default: an embedded one)")
@@ -291,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.duration <= 600:
         print("--duration must be within 1..600 seconds", file=sys.stderr)
         return 2
-    if not 1 <= args.dlr_mask <= 31:
-        print("--dlr-mask must be within 1..31", file=sys.stderr)
+    if not 1 <= args.dlr_mask <= MAX_DLR_MASK:
+        print(f"--dlr-mask must be within 1..{MAX_DLR_MASK}", file=sys.stderr)
         return 2
     failures: list[str] = []
     summary: dict[str, object] = {}
