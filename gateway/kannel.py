@@ -22,6 +22,9 @@ from .http import Request, Response
 from .store import AcceptRequest
 
 KANNEL_DLR_BITS = {1: "delivered", 2: "failed", 4: "queued", 8: "submitted", 16: "rejected"}
+MAX_DLR_MASK = 63
+"""Kannel's mask also has 32, intermediate notifications (apps often send ``dlr-mask=63``): accepted;
+the gateway has no such reports, so that bit adds no callback."""
 MAX_DLR_URL = 2048
 
 
@@ -103,8 +106,8 @@ def sendsms_request(params: dict[str, bytes], account_id: int, *, max_recipients
         dlr_mask = int(params.get("dlr-mask", b"0") or b"0")
     except ValueError:
         raise KannelError(400, "coding and dlr-mask must be numbers") from None
-    if coding not in (0, 1, 2) or not 0 <= dlr_mask <= 31:
-        raise KannelError(400, "coding must be 0, 1 or 2 and dlr-mask 0 to 31")
+    if coding not in (0, 1, 2) or not 0 <= dlr_mask <= MAX_DLR_MASK:
+        raise KannelError(400, f"coding must be 0, 1 or 2 and dlr-mask 0 to {MAX_DLR_MASK}")
     charset = params.get("charset", b"").decode("ascii", "replace") or None
     text = decode_text(params["text"], coding=coding, charset=charset)
     dlr_url = params.get("dlr-url", b"").decode("utf-8", "replace") or None

@@ -24,12 +24,14 @@ from .histogram import Histogram
 from .http_client import Connection, Endpoint, HttpClientError
 from .schedule import RateProfile, arrivals
 
-__all__ = ["REQUEST_TIMEOUT", "SAMPLE_IDS", "Call", "Interval", "OpenLoop", "Results"]
+__all__ = ["REQUEST_TIMEOUT", "ROUTE_SAMPLE_IDS", "SAMPLE_IDS", "Call", "Interval", "OpenLoop", "Results"]
 
 REQUEST_TIMEOUT = 30.0
 """Seconds one request may take before it counts as an error (``timeout``)."""
 SAMPLE_IDS = 200
 """Accepted message ids kept (a uniform sample) to read back from the gateway at the end."""
+ROUTE_SAMPLE_IDS = 500
+"""Accepted ids kept per route (:attr:`Call.route`) for the delivery latency of each channel kind."""
 MAX_ERROR_KINDS = 20
 """Distinct error texts kept; further kinds are counted under ``other``."""
 
@@ -42,6 +44,9 @@ class Call:
     kind: str
     data: bytes
     messages: int = 1
+    route: str = ""
+    """For an MT, the kind of channel its recipients are routed to (``"cmpp"``, ``"modem"``), so
+    that delivery latency can be sampled per kind; empty for none."""
 
 
 @dataclass(slots=True)
@@ -83,6 +88,11 @@ class Results:
     """From the intended start to the moment the request went out: the generator's own lag."""
     intervals: dict[int, Interval] = field(default_factory=dict)
     sample_ids: list[str] = field(default_factory=list)
+    accepted_by_route: Counter[str] = field(default_factory=Counter)
+    """MT messages acknowledged with 202, per route (:attr:`Call.route`)."""
+    route_ids: dict[str, list[str]] = field(default_factory=dict)
+    """Per route, a uniform sample of accepted ids (at most :data:`ROUTE_SAMPLE_IDS`), whose
+    histories give the delivery latency of each channel kind."""
     first_start: float | None = None
     last_done: float | None = None
 
@@ -118,6 +128,7 @@ class OpenLoop:
         self._schedule: Iterator[tuple[int, float]] = iter(())
         self._rng = random.Random(seed)
         self._accepted_seen = 0
+        self._route_seen: Counter[str] = Counter()
         self.finished = trio.Event()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -193,6 +204,31 @@ class OpenLoop:
         done_iv.accepted += call.messages
         if call.kind == "mt":
             self._sample(body)
+            if call.route:
+                res.accepted_by_route[call.route] += call.messages
+                self._sample_route(call.route, body)
+
+    def _sample_route(self, route: str, body: bytes) -> None:
+        """Reservoir sampling per route, like :meth:`_sample`."""
+        self._route_seen[route] += 1
+        ids = self.results.route_ids.setdefault(route, [])
+        if len(ids) < ROUTE_SAMPLE_IDS:
+            slot = len(ids)
+        else:
+            slot = self._rng.randrange(self._route_seen[route])
+            if slot >= ROUTE_SAMPLE_IDS:
+                return
+        try:
+            messages = _accepted_decoder.decode(body).messages
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return  # counted by _sample
+        if not messages:
+            return
+        chosen = messages[self._rng.randrange(len(messages))].id
+        if slot == len(ids):
+            ids.append(chosen)
+        else:
+            ids[slot] = chosen
 
     def _sample(self, body: bytes) -> None:
         """Reservoir sampling of accepted ids, decoding only the bodies that may be kept."""

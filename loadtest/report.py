@@ -84,7 +84,7 @@ def build_report(*, options, plan: Plan, results: Results, accounting: Accountin
                  send_seconds: float, drain_seconds: float, drained: bool, simulator: dict[str, int] | None,
                  handsets: dict[str, int] | None,
                  sample: dict[str, object], cpu: dict[str, float | None], started_at: dt.datetime, mode: str,
-                 target: str) -> dict[str, object]:
+                 target: str, delivery: dict[str, dict[str, object]] | None = None) -> dict[str, object]:
     acc = accounting
     total = results.all_latency()
     accepted_messages = sum(results.accepted.values())
@@ -117,6 +117,10 @@ def build_report(*, options, plan: Plan, results: Results, accounting: Accountin
         "throughput_per_s": round(accepted_messages / send_seconds, 1) if send_seconds > 0 else 0.0,
         "final_throughput_per_s": round(acc.final / (send_seconds + drain_seconds), 1)
         if send_seconds + drain_seconds > 0 else 0.0,
+        # accepted → delivered: messages delivered over the whole run, first request to last report
+        "delivered_throughput_per_s": round(acc.delivered / (send_seconds + drain_seconds), 1)
+        if send_seconds + drain_seconds > 0 else 0.0,
+        "delivery_by_route": delivery or {},
         "peak_gateway_rates_per_s": {k: max((r[k] for r in gateway_rates), default=0.0)
                                      for k in ("accepted_per_s", "submitted_per_s", "final_per_s", "mo_per_s")},
         "send_seconds": round(send_seconds, 3),
@@ -147,7 +151,9 @@ def summary(report: dict[str, object]) -> str:
                      f" ({report['messages_per_request']} messages each)"),
         ("accepted", f"{report['accepted']:,} messages ({report['throughput_per_s']:,.0f}/s); refused "
                      f"{report['refused']:,}"),
-        ("final", f"{report['final']:,} ({report['delivered']:,} delivered), drained in {report['drain_seconds']:.1f} s"),
+        ("final", f"{report['final']:,} ({report['delivered']:,} delivered,"
+                  f" {report.get('delivered_throughput_per_s', 0.0):,.0f}/s first request to last report),"
+                  f" drained in {report['drain_seconds']:.1f} s"),
         ("lost", f"{report['lost']:,}"),
         ("duplicates", "not counted" if report["duplicates"] is None else f"{report['duplicates']:,}"),
         ("latency ms", "  ".join(f"{k} {lat[k]:.2f}" for k in ("p50", "p90", "p99", "p99.9", "max"))),
@@ -157,6 +163,12 @@ def summary(report: dict[str, object]) -> str:
                                       for k, v in report["peak_gateway_rates_per_s"].items())),  # type: ignore[union-attr]
         ("cpu seconds", "  ".join(f"{k} {v}" for k, v in report["cpu_seconds"].items())),  # type: ignore[union-attr]
     ]
+    for route, d in report.get("delivery_by_route", {}).items():  # type: ignore[union-attr]
+        que, sub, dlv = d.get("accept_to_queued_ms", {}), d["accept_to_submitted_ms"], d["accept_to_delivered_ms"]
+        rows.append((f"{route} ms", f"accept→queued p50 {que.get('p50', 0):,.0f}  "
+                                    f"accept→submitted p50 {sub['p50']:,.0f} p99 {sub['p99']:,.0f}  "
+                                    f"accept→delivered p50 {dlv['p50']:,.0f} p99 {dlv['p99']:,.0f}  "
+                                    f"({d['sampled']} of {d['accepted']:,} sampled, offered {d['offered_per_s']}/s)"))
     for check in report["checks"]:  # type: ignore[union-attr]
         rows.append(("check", f"{'ok  ' if check['ok'] else 'FAIL'} {check['name']}: expected {check['expected']:,}"
                               f", got {check['actual']:,}"))

@@ -28,8 +28,9 @@ import msgspec
 import trio
 
 from .accounting import FINAL_STATUSES, GatewayCounts, account, parse_metrics
+from .delivery import MessageTimes, delivery_report, message_times
 from .generator import OpenLoop
-from .http_client import Endpoint, HttpClientError, fetch
+from .http_client import Connection, Endpoint, HttpClientError, fetch, render_request
 from .scenarios import DEFAULT_SERVICE_NUMBER, SCENARIOS, LoadTestError, Plan, check_options, plan
 from .stack import CMPP_CHANNEL, Stack, StackOptions, open_stack, process_cpu_seconds
 
@@ -44,6 +45,10 @@ MAX_MODEMS = 64
 DRAIN_POLL = 0.25
 HOLD_MARGIN = 1.0
 """Seconds after the schedule's end at which a delivery-report storm is released."""
+READ_BACK_CONNECTIONS = 8
+"""Connections reading the sampled messages' histories back after the drain."""
+READ_BACK_TIMEOUT = 10.0
+"""Seconds one history read may take."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,36 @@ async def _read_back(endpoint: Endpoint, ids: list[str]) -> dict[str, object]:
     return {"checked": len(ids), "final": final, "unreadable": unreadable, "statuses": statuses}
 
 
+async def _read_histories(endpoint: Endpoint, ids: list[str]) -> tuple[list[MessageTimes], int]:
+    """GET each id's history over a few keep-alive connections; the times and how many could
+    not be read."""
+    times: list[MessageTimes] = []
+    unreadable = 0
+    pending = iter(ids)
+
+    async def worker() -> None:
+        nonlocal unreadable
+        conn = Connection(endpoint)
+        try:
+            for message_id in pending:
+                try:
+                    with trio.fail_after(READ_BACK_TIMEOUT):
+                        status, body = await conn.request(
+                            render_request(endpoint, "GET", f"/v1/messages/{message_id}"))
+                    if status != 200:
+                        raise HttpClientError(f"status {status}")
+                    times.append(message_times(body))
+                except (HttpClientError, trio.TooSlowError, msgspec.DecodeError, msgspec.ValidationError):
+                    unreadable += 1
+        finally:
+            await conn.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(min(READ_BACK_CONNECTIONS, len(ids))):
+            nursery.start_soon(worker)
+    return times, unreadable
+
+
 async def run_loadtest(options: Options, *, stream: TextIO = sys.stderr) -> dict[str, object]:
     """Run one scenario, starting the stack unless the options name a target; return the report
     (see :func:`loadtest.report.build_report`)."""
@@ -268,6 +303,11 @@ async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO 
     acc = account(mt_accepted=mt_accepted, mo_accepted=mo_accepted, delta=after.minus(before), sim=sim_delta,
                   cmpp_channel=CMPP_CHANNEL if stack is not None else None, handsets=handsets)
     sample = await _read_back(mt, res.sample_ids)
+    histories = {route: await _read_histories(mt, ids) for route, ids in sorted(res.route_ids.items())}
+    delivery = delivery_report({route: times for route, (times, _) in histories.items()},
+                               res.accepted_by_route, send_end - t0)
+    for route, (_, unreadable) in histories.items():
+        delivery[route]["unreadable"] = unreadable
     cpu = {"generator": round(cpu_send, 2)}
     for k, p in pids.items():
         b, a = proc_cpu_before[k], process_cpu_seconds(p)
@@ -275,7 +315,7 @@ async def run_scenario(options: Options, *, stack: Stack | None, stream: TextIO 
     report = build_report(options=options, plan=the_plan, results=res, accounting=acc, before=before, after=after,
                           timeline=timeline, t0=t0, send_seconds=send_end - t0, drain_seconds=drain_seconds,
                           drained=drained, simulator=sim_delta, handsets=handsets, sample=sample, cpu=cpu,
-                          started_at=started_at,
+                          started_at=started_at, delivery=delivery,
                           mode="target" if stack is None else "self-contained", target=mt.url)
     return report
 

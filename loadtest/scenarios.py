@@ -39,6 +39,8 @@ MAX_COUNT = 10_000_000
 MO_COMMANDS = ("1", "2", "CJ", "TD", "代码1", "积分?")
 """What the consumers of an MO storm text: the default commands and one the CRM does not know."""
 DEFAULT_SERVICE_NUMBER = "10658888"
+ROUTE_CMPP, ROUTE_MODEM = "cmpp", "modem"
+"""The routes of MT calls: China Mobile numbers go to the CMPP link, China Unicom ones to the modems."""
 
 
 class LoadTestError(GatewayError):
@@ -174,11 +176,11 @@ def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, r
         raise LoadTestError(f"scenario {name} needs a handset simulator (/v1/sim/mo): use the self-contained "
                             "mode or a demo gateway as --target")
 
-    def mt_call(recipients: list[str], text: str) -> Call:
+    def mt_call(recipients: list[str], text: str, route: str = ROUTE_CMPP) -> Call:
         assert mt is not None
         to: str | list[str] = recipients[0] if len(recipients) == 1 else recipients
         body = _encode({"to": to, "text": text})
-        return Call("mt", render_request(mt, "POST", "/v1/messages", body), len(recipients))
+        return Call("mt", render_request(mt, "POST", "/v1/messages", body), len(recipients), route)
 
     def mo_call(i: int) -> Call:
         assert mo is not None
@@ -192,7 +194,7 @@ def _plan(scenario: Scenario, rate: float, duration: float, count: int | None, r
         def call(i: int) -> Call:
             k = _mixed_kind(i)
             if modems and k < MIXED_MODEM:
-                return mt_call([modem_destination(i)], f"LT{run_id} {i}")
+                return mt_call([modem_destination(i)], f"LT{run_id} {i}", ROUTE_MODEM)
             if k < MIXED_SINGLE:
                 return mt_call([destination(i * MIXED_BATCH_SIZE)], f"LT{run_id} {i}")
             if k < MIXED_SINGLE + MIXED_BATCH:

@@ -107,3 +107,17 @@ async def test_dlr_url_is_called_for_each_masked_event_in_order(nursery, databas
         await got_final.wait()
     assert [c["type"] for c in calls] == ["4", "8", "1"]  # queued, submitted, delivered
     assert all(c["to"] == "13800138000" and c["ts"].isdigit() for c in calls)
+
+
+async def test_sendsms_takes_kannels_intermediate_bit_in_dlr_mask(gateway):
+    # Apps written for Kannel often ask for everything with dlr-mask=63 (32: intermediate reports).
+    dlr_url = "http://127.0.0.1:9/dlr?type=%d"
+    async with httpx.AsyncClient(base_url=gateway.url) as c:
+        everything = await c.get("/cgi-bin/sendsms?" + q(username="acme", password=gateway.key, to="13800138000",
+                                                          text="x", **{"dlr-mask": "63", "dlr-url": dlr_url}))
+        too_big = await c.get("/cgi-bin/sendsms?" + q(username="acme", password=gateway.key, to="13800138001",
+                                                       text="x", **{"dlr-mask": "64", "dlr-url": dlr_url}))
+    assert (everything.status_code, everything.text) == (202, "0: Accepted for delivery")
+    assert too_big.status_code == 400 and "dlr-mask 0 to 63" in too_big.text
+    rows = await gateway.store.fetch("SELECT dest, dlr_url, dlr_mask FROM messages")
+    assert [tuple(r) for r in rows] == [("13800138000", dlr_url, 63)]

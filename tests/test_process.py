@@ -94,8 +94,8 @@ def data_dir(tmp_path):
 def test_demo_serves_survives_restart_and_stops_cleanly(tmp_path, data_dir):
     ready = tmp_path / "ready.json"
     port = free_port()
-    cmd = SMSGW + ["demo", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}", "--ismg", "127.0.0.1:0", "--admin-ws", "127.0.0.1:0",
-                   "--ready-file", str(ready)]
+    cmd = SMSGW + ["demo", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}", "--ismg", "127.0.0.1:0",
+                   "--admin-ws", "127.0.0.1:0", "--ready-file", str(ready)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         info = wait_ready_file(ready, proc)
