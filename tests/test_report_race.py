@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import trio
 
-from gateway.channel import DeliveryReport, Status, Submitted
+from gateway.channel import Status, Submitted
 from gateway.config import DispatcherConfig
 from gateway.dispatcher import Dispatcher
 from gateway.metrics import Metrics
