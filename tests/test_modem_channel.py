@@ -174,6 +174,9 @@ async def test_direct_routing_from_the_modem_config(nursery, database_url, tmp_p
         ModemConfig(name="u2", device=stored.device, operators=["cucc"]),
     ])
     gw = await start_gateway(nursery, database_url, channels=[ch])
+    with trio.fail_after(20):  # both set up (AT+CSMS=1 on u1) before the handsets text
+        while ch.pool.usable < 2:
+            await trio.sleep(0.02)
     network.send_from_handset("13900000001", "18600000011", "direct")
     network.send_from_handset("13900000002", "18600000012", "via the SIM")
     with trio.fail_after(20):
@@ -184,3 +187,25 @@ async def test_direct_routing_from_the_modem_config(nursery, database_url, tmp_p
     assert direct.commands["+CSMS"] == 1 and direct.commands["+CNMA"] == 1 and direct.commands["+CMGR"] == 0
     assert stored.commands["+CSMS"] == 0 and stored.commands["+CNMA"] == 0 and stored.commands["+CMGR"] >= 1
     assert direct.redelivered == 0
+
+
+async def test_an_mo_arriving_while_the_modem_starts_is_taken_once(nursery, database_url, tmp_path):
+    """Stored on the SIM while the pool starts, it is both listed (AT+CMGL) and announced
+    (+CMTI): one inbound message, one AT+CMGD, and the modem stays up."""
+    from gateway.modem_pool.emulator import ModemEmulator
+
+    network = HandsetNetwork()
+    modem = ModemEmulator(network, "18600000013", link_path=tmp_path / "u3")
+    await nursery.start(modem.run)
+    ch = ModemChannel([ModemConfig(name="u3", device=modem.device, operators=["cucc"])])
+    network.send_from_handset("13900000003", "18600000013", "early")
+    gw = await start_gateway(nursery, database_url, channels=[ch])
+    network.send_from_handset("13900000004", "18600000013", "while starting")
+    with trio.fail_after(20):
+        while await gw.store.fetchval("SELECT count(*) FROM inbound_messages") < 2 or modem.commands["+CMGD"] < 2:
+            await trio.sleep(0.05)
+    await trio.sleep(0.5)  # a second read of either would show up by now
+    rows = await gw.store.fetch("SELECT body FROM inbound_messages ORDER BY body")
+    assert [r["body"] for r in rows] == ["early", "while starting"]
+    assert modem.commands["+CMGD"] == 2
+    assert ch.pool.usable == 1

@@ -32,6 +32,7 @@ import trio
 
 from gateway.modem_pool.at import (
     AckMessage,
+    CmsError,
     DeleteMessage,
     IncomingDeliver,
     ListMessages,
@@ -279,6 +280,9 @@ class _Slot:
     wakeup: trio.Event = field(default_factory=trio.Event)
     # Held from AT+CMGS until its PartSent is out, so a report never overtakes its part.
     report_gate: trio.Lock = field(default_factory=trio.Lock)
+    # SIM indices read and not yet deleted: a message listed at start-up and also announced
+    # by +CMTI (it arrived while the list was being read) is taken once.
+    on_sim: set[int] = field(default_factory=set)
 
     @property
     def load(self) -> int:
@@ -604,6 +608,7 @@ class ModemPool:
                 self._notify()
                 await self._emit(ModemUp(modem=spec.name, own_number=slot.own_number))
                 nursery.start_soon(self._poll_health, slot, modem)
+                slot.on_sim.clear()  # a reopened modem lists its SIM again
                 nursery.start_soon(self._incoming, slot, modem, nursery)
                 await self._pick_up_stored(slot, modem, nursery)
                 await self._send_loop(slot, modem)
@@ -762,12 +767,16 @@ class ModemPool:
         """Decode and pass on one incoming PDU; returns the MO it completed, if any."""
 
         name = slot.spec.name
+        if index is not None:
+            if index in slot.on_sim:
+                return None  # already taken (listed at start-up and announced as well)
+            slot.on_sim.add(index)
         try:
             message = decode_incoming(pdu)
         except ModemError as exc:
             logger.warning("modem unreadable pdu modem=%s index=%s error=%s", name, index, exc)
             if index is not None:
-                await self._command(modem, DeleteMessage(index))
+                await self._delete_stored(slot, modem, index)
             return None
         if isinstance(message, StatusReport):
             async with slot.report_gate:
@@ -782,7 +791,7 @@ class ModemPool:
                     )
                 )
             if index is not None:
-                await self._command(modem, DeleteMessage(index))
+                await self._delete_stored(slot, modem, index)
             return None
         return await self._deliver(slot, modem, nursery, message, index)
 
@@ -813,14 +822,24 @@ class ModemPool:
         )
         await self._emit(mo)
         if held:
-            nursery.start_soon(self._delete_after_ack, modem, mo, held)
+            nursery.start_soon(self._delete_after_ack, slot, modem, mo, held)
         return mo
 
-    async def _delete_after_ack(self, modem: Modem, mo: ModemMo, indices: list[int]) -> None:
+    async def _delete_after_ack(self, slot: _Slot, modem: Modem, mo: ModemMo, indices: list[int]) -> None:
 
         await mo._acked.wait()
         for index in indices:
+            await self._delete_stored(slot, modem, index)
+
+    async def _delete_stored(self, slot: _Slot, modem: Modem, index: int) -> None:
+        """``AT+CMGD`` for a message taken from the SIM; one already gone is not an error."""
+        try:
             await self._command(modem, DeleteMessage(index))
+        except CommandError as exc:
+            if exc.code != CmsError.INVALID_MEMORY_INDEX:
+                raise
+            logger.info("modem stored message already gone modem=%s index=%d", slot.spec.name, index)
+        slot.on_sim.discard(index)
 
 
 def _utc_now() -> datetime:
