@@ -16,7 +16,9 @@ transaction that marks the MO dispatched; the POST carries
 ``{"id", "from", "to", "text", "keyword", "received_at"}``, signed alike with the subscribing
 account's secret, retried on the same schedule.
 
-httpx does the client side (connection pooling, TLS, redirects off, timeouts) on Trio.
+Plain-``http`` URLs go through :class:`gateway.hookhttp.HookClient` (pre-rendered requests on
+kept-alive Trio sockets, answers parsed by httptools); ``https`` and anything else it cannot
+send go through httpx (TLS, redirects off). Either way :data:`TIMEOUT` bounds an attempt.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import trio
 from .errors import StoreError
 from .events import EventBus, WebhookEvent
 from .events import now as events_now
+from .hookhttp import CallbackHttpError, HookClient, target
 from .kannel import expand_dlr_url
 from .metrics import Metrics
 from .store import Store
@@ -171,7 +174,8 @@ class WebhookSender:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         async with (self._client or httpx.AsyncClient(timeout=TIMEOUT, limits=limits,
-                                                       follow_redirects=False)) as client:
+                                                       follow_redirects=False)) as https, HookClient() as plain:
+            client = _Clients(plain, https)
             send_rows, receive_rows = trio.open_memory_channel[object](QUEUE)
             send_done, receive_done = trio.open_memory_channel[Outcome](FINISH_BUFFER)
             async with trio.open_nursery() as nursery:
@@ -197,7 +201,7 @@ class WebhookSender:
                         await self._wake.wait()
                     self._wake = trio.Event()
 
-    async def _worker(self, client: httpx.AsyncClient, rows: trio.MemoryReceiveChannel,
+    async def _worker(self, client: _Clients, rows: trio.MemoryReceiveChannel,
                       done: trio.MemorySendChannel[Outcome]) -> None:
         async with rows, done:
             async for row in rows:
@@ -228,19 +232,20 @@ class WebhookSender:
             return
         self.wake()  # the next callback of each finished message may go now
 
-    async def _deliver(self, client: httpx.AsyncClient, row) -> Outcome:
+    async def _deliver(self, client: _Clients, row) -> Outcome:
         error = ""
         code = 0
         try:
-            response = await self._request(client, row)
-            code = response.status_code
-            if 200 <= response.status_code < 300:
+            code = await self._request(client, row)
+            if 200 <= code < 300:
                 self._publish(row, True, code, "")
                 self._metrics.webhooks.labels("delivered").inc()
                 return Outcome(row["id"], "delivered", "")
-            error = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
+            error = f"HTTP {code}"
+        except (httpx.HTTPError, CallbackHttpError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
+        except trio.TooSlowError:
+            error = f"no answer within {TIMEOUT:g} s"
         except ValueError as exc:  # a URL httpx cannot use; retrying will not help
             error = f"bad URL: {exc}"[:500]
             row = {**row, "attempts": len(self._backoff)}
@@ -259,23 +264,48 @@ class WebhookSender:
             self._bus.publish(WebhookEvent(message_id=row["message_id"], kind=row["kind"], attempt=row["attempts"],
                                            ok=ok, status_code=status_code, detail=detail, at=events_now()))
 
-    async def _request(self, client: httpx.AsyncClient, row) -> httpx.Response:
+    async def _request(self, client: _Clients, row) -> int:
+        """Send one callback; its answer's status code."""
         if row["kind"] == "kannel":
             url = expand_dlr_url(
                 row["url"], dlr_type=row["dlr_type"], to=row["dest"], sender=row["sender"], at=row["event_at"],
                 reply=row["error_code"] or row["event_status"].upper(), channel=row["channel"] or "",
                 message_id=row["message_id"])
-            return await client.get(url, headers={"User-Agent": "smsgw-dlr"})
+            return await client.send("GET", url, _DLR_HEADERS, b"", {"User-Agent": "smsgw-dlr"})
         if row["kind"] == "mo":
             body = _encoder.encode(MoCallback(
                 id=str(row["mo_id"]), sender=row["mo_sender"], to=row["mo_service_number"], text=row["mo_body"],
                 keyword=row["mo_command"], received_at=row["mo_received_at"]))
-            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
-                       "User-Agent": "smsgw-mo"}
-            return await client.post(row["url"], content=body, headers=headers)
-        body = _encoder.encode(DeliveryCallback(
-            id=str(row["message_id"]), to=row["dest"], status=row["event_status"], channel=row["channel"],
-            at=row["event_at"], error_code=row["error_code"]))
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
-                   "User-Agent": "smsgw-webhook"}
-        return await client.post(row["url"], content=body, headers=headers)
+            agent = "smsgw-mo"
+        else:
+            body = _encoder.encode(DeliveryCallback(
+                id=str(row["message_id"]), to=row["dest"], status=row["event_status"], channel=row["channel"],
+                at=row["event_at"], error_code=row["error_code"]))
+            agent = "smsgw-webhook"
+        signature = sign(row["webhook_secret"], body)
+        return await client.send(
+            "POST", row["url"], b"%s%s: %s\r\nUser-Agent: %s\r\n" % (
+                _JSON_HEADER, SIGNATURE_HEADER.encode(), signature.encode(), agent.encode()), body,
+            {"Content-Type": "application/json", SIGNATURE_HEADER: signature, "User-Agent": agent})
+
+
+_DLR_HEADERS = b"User-Agent: smsgw-dlr\r\n"
+_JSON_HEADER = b"Content-Type: application/json\r\n"
+
+
+class _Clients:
+    """The two clients: the lean one for plain http, httpx for the rest."""
+
+    def __init__(self, plain: HookClient, https: httpx.AsyncClient) -> None:
+        self.plain = plain
+        self.https = https
+
+    async def send(self, method: str, url: str, rendered: bytes, body: bytes, headers: dict[str, str]) -> int:
+        """Status code of the answer. Raises CallbackHttpError or httpx.HTTPError on failure,
+        trio.TooSlowError after :data:`TIMEOUT`, ValueError for a URL no client can use."""
+        t = target(url)
+        if t is None:
+            response = await self.https.request(method, url, content=body or None, headers=headers)
+            return response.status_code
+        with trio.fail_after(TIMEOUT):
+            return await self.plain.request(method, t, rendered, body)
