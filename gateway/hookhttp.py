@@ -134,12 +134,12 @@ class _Connection:
         """Closed or talking while idle, or idle too long: not to be used again."""
         if now - self.idle_since > IDLE_TIMEOUT:
             return True
-        sock = self.stream.socket
+        poller = select.poll()  # not select.select: descriptors above 1024 are common in a busy gateway
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            poller.register(self.stream.socket.fileno(), select.POLLIN)
+            return bool(poller.poll(0))  # an idle HTTP/1.1 connection has nothing to say but EOF
         except (OSError, ValueError):
             return True
-        return bool(readable)  # an idle HTTP/1.1 connection has nothing to say but EOF
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
