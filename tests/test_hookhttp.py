@@ -154,3 +154,18 @@ def test_targets_it_takes_and_leaves_to_the_general_client():
         assert target(other) is None, other
     assert render("POST", target("http://h/p"), b"X: 1\r\n", b"{}") == (
         b"POST /p HTTP/1.1\r\nHost: h\r\nX: 1\r\nContent-Length: 2\r\n\r\n{}")
+
+
+async def test_a_request_that_could_not_be_written_goes_once_more_on_a_fresh_connection(nursery):
+    import socket
+
+    server = RawServer([])
+    port = await server.start(nursery)
+    async with HookClient() as client:
+        t = target(f"http://127.0.0.1:{port}/x")
+        assert await client.request("GET", t, b"") == 200
+        # The idle connection looks healthy (nothing to read) but can no longer be written to.
+        (idle,) = client._idle[("127.0.0.1", port)]
+        idle.stream.socket.shutdown(socket.SHUT_WR)
+        assert await client.request("GET", t, b"") == 200
+        assert client.connects == 2 and len(server.requests) == 2  # sent once, on the new connection
