@@ -181,6 +181,9 @@ class HookClient:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await conn.aclose()  # the server had closed it: nothing was sent
                 conn = None
+            except BaseException:  # cancelled midway: the connection is in an unknown state
+                await conn.aclose()
+                raise
             else:
                 return await self._answer(key, conn)
         conn = await self._connect(t)
