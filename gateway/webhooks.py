@@ -58,6 +58,9 @@ FINISH_BATCH = 500
 """Outcomes recorded by one UPDATE at most."""
 FINISH_BUFFER = 1024
 """Outcomes waiting for the finisher; workers block when it is full."""
+STOP_FLUSH = 2.0
+"""Seconds a stopping sender spends recording the outcomes it holds; what is left is resent
+after its lease."""
 CONCURRENCY = 32
 """Callbacks in flight at once."""
 TIMEOUT = 10.0
@@ -208,11 +211,15 @@ class WebhookSender:
                 await done.send(await self._deliver(client, row))
 
     async def _finisher(self, done: trio.MemoryReceiveChannel[Outcome]) -> None:
-        """Records outcomes in batches: whatever arrives within :data:`FINISH_WINDOW` of the first."""
-        async with done:
+        """Records outcomes in batches: whatever arrives within :data:`FINISH_WINDOW` of the first.
+
+        When the sender stops, what it already knows is recorded within :data:`STOP_FLUSH`
+        seconds, so a restart does not send those callbacks again."""
+        batch: list[Outcome] = []
+        try:
             while True:
                 try:
-                    batch = [await done.receive()]
+                    batch.append(await done.receive())
                 except trio.EndOfChannel:
                     return
                 with trio.move_on_after(self._finish_window):
@@ -222,6 +229,20 @@ class WebhookSender:
                         except trio.EndOfChannel:
                             break
                 await self._record(batch)
+                batch = []
+        finally:
+            with trio.move_on_after(STOP_FLUSH, shield=True):
+                while True:
+                    try:
+                        batch.append(done.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if batch:
+                    try:
+                        await self._record(batch)
+                    except RuntimeError as exc:  # the database's event loop already closed
+                        log.warning("recording webhook attempts at stop failed count=%d: %s", len(batch), exc)
+            done.close()
 
     async def _record(self, batch: list[Outcome]) -> None:
         try:

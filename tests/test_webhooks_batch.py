@@ -86,33 +86,61 @@ async def test_many_callbacks_arrive_once_each_in_order_per_message(store, nurse
     assert len(receiver.calls) == total
 
 
-async def test_outcomes_lost_before_their_update_are_sent_again(store, nursery):
+async def start_one_message(store, nursery) -> tuple[DlrReceiver, int]:
     receiver = DlrReceiver()
     url = await receiver.start(nursery)
     (mid,) = await accept_with_dlr(store, url, 1)
     await store.set_status([(mid, Status.SUBMITTED, "cmcc-1", None, "")])
     await store.set_status([(mid, Status.DELIVERED, None, None, "report")])
     assert await store.fetchval("SELECT count(*) FROM webhook_outbox WHERE message_id = $1", mid) == 2
+    return receiver, mid
 
-    # A sender whose finisher would wait a minute before recording: stopped after the first
-    # callback was answered, the outcome never reaches the database.
+
+async def test_outcomes_lost_before_their_update_are_sent_again(store, nursery):
+    receiver, mid = await start_one_message(store, nursery)
+    # The database refuses to record outcomes (a real failure of the UPDATE, not a stand-in).
+    await store.execute("""
+        CREATE FUNCTION refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+        CREATE TRIGGER refuse_outcome BEFORE UPDATE ON webhook_outbox
+            FOR EACH ROW WHEN (NEW.state <> OLD.state) EXECUTE FUNCTION refuse_outcome();""")
+    await nursery.start(WebhookSender(store, Metrics(), idle_poll=0.05, lease=0.5).run)
+    await receiver.wait_for(1, 10)
+    await trio.sleep(0.2)
+    first = await store.fetchrow("SELECT state, attempts FROM webhook_outbox"
+                                 " WHERE message_id = $1 ORDER BY id LIMIT 1", mid)
+    assert first["state"] == "pending"
+    assert receiver.calls[0] == (str(mid), "8")
+
+    # Once the database takes writes again, the lease has run out: the same callback goes
+    # again (at least once), then the next one; the order holds throughout.
+    await store.execute("DROP TRIGGER refuse_outcome ON webhook_outbox")
+    with trio.fail_after(10):
+        while (await outbox_state(store)) != {"delivered": 2}:
+            await trio.sleep(0.05)
+    assert len(receiver.calls) >= 3 and set(receiver.calls[:-1]) == {(str(mid), "8")}
+    assert receiver.calls[-1] == (str(mid), "1")
+    attempts = await store.fetch("SELECT attempts FROM webhook_outbox WHERE message_id = $1 ORDER BY id", mid)
+    assert attempts[0]["attempts"] == len(receiver.calls) - 1 and attempts[1]["attempts"] == 1
+
+
+async def test_a_stopping_sender_records_what_it_knows_so_nothing_goes_twice(store, nursery):
+    receiver, mid = await start_one_message(store, nursery)
+    # A finisher that would wait a minute before recording, stopped after the first answer.
     with trio.CancelScope() as stopped:
         async with trio.open_nursery() as inner:
             await inner.start(WebhookSender(store, Metrics(), idle_poll=0.05, lease=0.5, finish_window=60).run)
             await receiver.wait_for(1, 10)
             await trio.sleep(0.2)
             stopped.cancel()
-    assert receiver.calls == [(str(mid), "8")]
-    first = await store.fetchrow("SELECT state, attempts, lease_until FROM webhook_outbox"
+    first = await store.fetchrow("SELECT state, attempts FROM webhook_outbox"
                                  " WHERE message_id = $1 ORDER BY id LIMIT 1", mid)
-    assert first["state"] == "pending" and first["attempts"] == 1 and first["lease_until"] is not None
+    assert first["state"] == "delivered" and first["attempts"] == 1
 
-    # Another sender takes the row again once the lease has run out, then the next callback.
     await nursery.start(WebhookSender(store, Metrics(), idle_poll=0.05, lease=0.5).run)
-    await receiver.wait_for(3, 10)
+    await receiver.wait_for(2, 10)
     with trio.fail_after(10):
         while (await outbox_state(store)) != {"delivered": 2}:
             await trio.sleep(0.05)
-    assert receiver.calls == [(str(mid), "8"), (str(mid), "8"), (str(mid), "1")]
-    attempts = await store.fetch("SELECT attempts FROM webhook_outbox WHERE message_id = $1 ORDER BY id", mid)
-    assert [r["attempts"] for r in attempts] == [2, 1]
+    await trio.sleep(0.7)  # longer than the lease: nothing more comes
+    assert receiver.calls == [(str(mid), "8"), (str(mid), "1")]
