@@ -15,6 +15,7 @@ and names no charset is tried as GB18030, which Chinese apps often send unannoun
 from __future__ import annotations
 
 import codecs
+import re
 import urllib.parse
 from datetime import datetime
 
@@ -136,17 +137,10 @@ def expand_dlr_url(template: str, *, dlr_type: int, to: str, sender: str, at: da
     URL-encoded; unknown escapes stay as they are."""
     values = {
         "d": str(dlr_type), "p": to, "P": sender, "T": str(int(at.timestamp())),
-        "t": at.strftime("%Y-%m-%d %H:%M:%S"), "A": reply, "i": channel, "I": str(message_id), "%": "%",
+        "t": at.strftime("%Y-%m-%d %H:%M:%S"), "A": reply, "i": channel, "I": str(message_id),
     }
-    out = []
-    i = 0
-    while i < len(template):
-        ch = template[i]
-        if ch == "%" and i + 1 < len(template) and template[i + 1] in values:
-            key = template[i + 1]
-            out.append("%" if key == "%" else urllib.parse.quote(values[key], safe=""))
-            i += 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
+    quote = urllib.parse.quote
+    return _DLR_ESCAPE.sub(lambda m: "%" if m[1] == "%" else quote(values[m[1]], safe=""), template)
+
+
+_DLR_ESCAPE = re.compile(r"%([dpPTtAiI%])")

@@ -16,7 +16,9 @@ transaction that marks the MO dispatched; the POST carries
 ``{"id", "from", "to", "text", "keyword", "received_at"}``, signed alike with the subscribing
 account's secret, retried on the same schedule.
 
-httpx does the client side (connection pooling, TLS, redirects off, timeouts) on Trio.
+Plain-``http`` URLs go through :class:`gateway.hookhttp.HookClient` (pre-rendered requests on
+kept-alive Trio sockets, answers parsed by httptools); ``https`` and anything else it cannot
+send go through httpx (TLS, redirects off). Either way :data:`TIMEOUT` bounds an attempt.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import trio
 from .errors import StoreError
 from .events import EventBus, WebhookEvent
 from .events import now as events_now
+from .hookhttp import CallbackHttpError, HookClient, target
 from .kannel import expand_dlr_url
 from .metrics import Metrics
 from .store import Store
@@ -41,9 +44,23 @@ log = logging.getLogger(__name__)
 
 BACKOFF = (0.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 3600.0, 3600.0, 3600.0)
 """Delay before each attempt: ten attempts over about four hours."""
-BATCH = 100
-LEASE = 60.0
-"""Seconds a claimed callback is reserved for one sender."""
+BATCH = 200
+"""Outbox rows claimed by one statement."""
+QUEUE = 64
+"""Claimed rows waiting for a free worker; the claimer blocks when it is full."""
+LEASE = 120.0
+"""Seconds a claimed callback is reserved for one sender: longer than the rows ahead of it
+(at most :data:`BATCH` + :data:`QUEUE` + :data:`CONCURRENCY`) can take at :data:`TIMEOUT` each
+across :data:`CONCURRENCY` workers."""
+FINISH_WINDOW = 0.005
+"""Seconds the finisher gathers outcomes after the first before one UPDATE records them."""
+FINISH_BATCH = 500
+"""Outcomes recorded by one UPDATE at most."""
+FINISH_BUFFER = 1024
+"""Outcomes waiting for the finisher; workers block when it is full."""
+STOP_FLUSH = 2.0
+"""Seconds a stopping sender spends recording the outcomes it holds; what is left is resent
+after its lease."""
 CONCURRENCY = 32
 """Callbacks in flight at once."""
 TIMEOUT = 10.0
@@ -112,14 +129,44 @@ FROM u LEFT JOIN messages m ON m.id = u.message_id
 """
 
 
+_FINISH = """
+UPDATE webhook_outbox w
+SET state = v.state, last_error = v.error, lease_until = NULL, updated_at = now(),
+    next_attempt_at = CASE WHEN v.state = 'pending' THEN now() + make_interval(secs => v.delay)
+                           ELSE w.next_attempt_at END
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[]) AS v(id, state, error, delay)
+WHERE w.id = v.id
+"""
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What one attempt left to record: ``delivered``, ``failed`` or ``pending`` (retry after ``delay``)."""
+
+    id: int
+    state: str
+    error: str
+    delay: float = 0.0
+
+
 class WebhookSender:
+    """Claims due outbox rows in batches, sends them from :data:`CONCURRENCY` workers and records
+    the outcomes in batches (one UPDATE per :data:`FINISH_WINDOW`, at most :data:`FINISH_BATCH` rows).
+
+    A row stays ``pending`` under its lease until its outcome is recorded, so neither another
+    sender nor the next callback of the same message can overtake it; outcomes lost before
+    their UPDATE (a crash, a cancellation, a database error) leave the lease to run out and the
+    callback is sent again: at least once, never skipped.
+    """
+
     def __init__(self, store: Store, metrics: Metrics, *, client: httpx.AsyncClient | None = None,
                  backoff: tuple[float, ...] = BACKOFF, idle_poll: float = IDLE_POLL,
-                 bus: EventBus | None = None) -> None:
+                 bus: EventBus | None = None, lease: float = LEASE, finish_window: float = FINISH_WINDOW) -> None:
         self._store = store
         self._bus = bus
         self._backoff = backoff
         self._idle_poll = idle_poll
+        self._lease = lease
+        self._finish_window = finish_window
         self._metrics = metrics
         self._client = client
         self._wake = trio.Event()
@@ -130,88 +177,156 @@ class WebhookSender:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         async with (self._client or httpx.AsyncClient(timeout=TIMEOUT, limits=limits,
-                                                       follow_redirects=False)) as client:
-            task_status.started()
-            limiter = trio.Semaphore(CONCURRENCY)
+                                                       follow_redirects=False)) as https, HookClient() as plain:
+            client = _Clients(plain, https)
+            send_rows, receive_rows = trio.open_memory_channel[object](QUEUE)
+            send_done, receive_done = trio.open_memory_channel[Outcome](FINISH_BUFFER)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._finisher, receive_done)
+                async with receive_rows, send_done:
+                    for _ in range(CONCURRENCY):
+                        nursery.start_soon(self._worker, client, receive_rows.clone(), send_done.clone())
+                task_status.started()
+                await self._claimer(send_rows)
+
+    async def _claimer(self, rows: trio.MemorySendChannel) -> None:
+        async with rows:
             while True:
                 try:
-                    rows = await self._store.fetch(_CLAIM, BATCH, LEASE)
+                    claimed = await self._store.fetch(_CLAIM, BATCH, self._lease)
                 except StoreError as exc:
                     log.warning("claiming webhooks failed: %s", exc)
-                    rows = []
-                if rows:
-                    async with trio.open_nursery() as nursery:
-                        for row in rows:
-                            await limiter.acquire()
-                            nursery.start_soon(self._deliver, client, row, limiter)
-                if len(rows) < BATCH:
+                    claimed = []
+                for row in claimed:
+                    await rows.send(row)
+                if len(claimed) < BATCH:
                     with trio.move_on_after(self._idle_poll):
                         await self._wake.wait()
                     self._wake = trio.Event()
 
-    async def _deliver(self, client: httpx.AsyncClient, row, limiter: trio.Semaphore) -> None:
+    async def _worker(self, client: _Clients, rows: trio.MemoryReceiveChannel,
+                      done: trio.MemorySendChannel[Outcome]) -> None:
+        async with rows, done:
+            async for row in rows:
+                await done.send(await self._deliver(client, row))
+
+    async def _finisher(self, done: trio.MemoryReceiveChannel[Outcome]) -> None:
+        """Records outcomes in batches: whatever arrives within :data:`FINISH_WINDOW` of the first.
+
+        When the sender stops, what it already knows is recorded within :data:`STOP_FLUSH`
+        seconds, so a restart does not send those callbacks again."""
+        batch: list[Outcome] = []
         try:
-            error = ""
-            code = 0
-            try:
-                response = await self._request(client, row)
-                code = response.status_code
-                if 200 <= response.status_code < 300:
-                    self._publish(row, True, code, "")
-                    await self._finish(row["id"], "delivered", "")
-                    self._metrics.webhooks.labels("delivered").inc()
+            while True:
+                try:
+                    batch.append(await done.receive())
+                except trio.EndOfChannel:
                     return
-                error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:500]
-            except ValueError as exc:  # a URL httpx cannot use; retrying will not help
-                error = f"bad URL: {exc}"[:500]
-                row = {**row, "attempts": len(self._backoff)}
-            attempts = row["attempts"]
-            self._publish(row, False, code, error)
-            if attempts >= len(self._backoff):
-                log.warning("webhook given up kind=%s message_id=%s mo_id=%s attempts=%d error=%s", row["kind"],
-                            row["message_id"], row["mo_id"], attempts, error)
-                await self._finish(row["id"], "failed", error)
-                self._metrics.webhooks.labels("failed").inc()
-            else:
-                await self._store.execute(
-                    "UPDATE webhook_outbox SET lease_until = NULL, last_error = $2, updated_at = now(),"
-                    " next_attempt_at = now() + make_interval(secs => $3) WHERE id = $1",
-                    row["id"], error, self._backoff[attempts])
-                self._metrics.webhooks.labels("retry").inc()
-        except StoreError as exc:  # the lease runs out and another attempt follows
-            log.warning("recording a webhook attempt failed id=%s: %s", row["id"], exc)
+                with trio.move_on_after(self._finish_window):
+                    while len(batch) < FINISH_BATCH:
+                        try:
+                            batch.append(await done.receive())
+                        except trio.EndOfChannel:
+                            break
+                await self._record(batch)
+                batch = []
         finally:
-            limiter.release()
+            with trio.move_on_after(STOP_FLUSH, shield=True):
+                while True:
+                    try:
+                        batch.append(done.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if batch:
+                    try:
+                        await self._record(batch)
+                    except RuntimeError as exc:  # the database's event loop already closed
+                        log.warning("recording webhook attempts at stop failed count=%d: %s", len(batch), exc)
+            done.close()
+
+    async def _record(self, batch: list[Outcome]) -> None:
+        try:
+            await self._store.execute(_FINISH, [o.id for o in batch], [o.state for o in batch],
+                                      [o.error for o in batch], [o.delay for o in batch])
+        except StoreError as exc:  # the leases run out and these callbacks are sent again
+            log.warning("recording webhook attempts failed count=%d: %s", len(batch), exc)
+            return
+        self.wake()  # the next callback of each finished message may go now
+
+    async def _deliver(self, client: _Clients, row) -> Outcome:
+        error = ""
+        code = 0
+        try:
+            code = await self._request(client, row)
+            if 200 <= code < 300:
+                self._publish(row, True, code, "")
+                self._metrics.webhooks.labels("delivered").inc()
+                return Outcome(row["id"], "delivered", "")
+            error = f"HTTP {code}"
+        except (httpx.HTTPError, CallbackHttpError) as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        except trio.TooSlowError:
+            error = f"no answer within {TIMEOUT:g} s"
+        except ValueError as exc:  # a URL httpx cannot use; retrying will not help
+            error = f"bad URL: {exc}"[:500]
+            row = {**row, "attempts": len(self._backoff)}
+        attempts = row["attempts"]
+        self._publish(row, False, code, error)
+        if attempts >= len(self._backoff):
+            log.warning("webhook given up kind=%s message_id=%s mo_id=%s attempts=%d error=%s", row["kind"],
+                        row["message_id"], row["mo_id"], attempts, error)
+            self._metrics.webhooks.labels("failed").inc()
+            return Outcome(row["id"], "failed", error)
+        self._metrics.webhooks.labels("retry").inc()
+        return Outcome(row["id"], "pending", error, self._backoff[attempts])
 
     def _publish(self, row, ok: bool, status_code: int, detail: str) -> None:
         if self._bus is not None and self._bus.active:
             self._bus.publish(WebhookEvent(message_id=row["message_id"], kind=row["kind"], attempt=row["attempts"],
                                            ok=ok, status_code=status_code, detail=detail, at=events_now()))
 
-    async def _request(self, client: httpx.AsyncClient, row) -> httpx.Response:
+    async def _request(self, client: _Clients, row) -> int:
+        """Send one callback; its answer's status code."""
         if row["kind"] == "kannel":
             url = expand_dlr_url(
                 row["url"], dlr_type=row["dlr_type"], to=row["dest"], sender=row["sender"], at=row["event_at"],
                 reply=row["error_code"] or row["event_status"].upper(), channel=row["channel"] or "",
                 message_id=row["message_id"])
-            return await client.get(url, headers={"User-Agent": "smsgw-dlr"})
+            return await client.send("GET", url, _DLR_HEADERS, b"", {"User-Agent": "smsgw-dlr"})
         if row["kind"] == "mo":
             body = _encoder.encode(MoCallback(
                 id=str(row["mo_id"]), sender=row["mo_sender"], to=row["mo_service_number"], text=row["mo_body"],
                 keyword=row["mo_command"], received_at=row["mo_received_at"]))
-            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
-                       "User-Agent": "smsgw-mo"}
-            return await client.post(row["url"], content=body, headers=headers)
-        body = _encoder.encode(DeliveryCallback(
-            id=str(row["message_id"]), to=row["dest"], status=row["event_status"], channel=row["channel"],
-            at=row["event_at"], error_code=row["error_code"]))
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(row["webhook_secret"], body),
-                   "User-Agent": "smsgw-webhook"}
-        return await client.post(row["url"], content=body, headers=headers)
+            agent = "smsgw-mo"
+        else:
+            body = _encoder.encode(DeliveryCallback(
+                id=str(row["message_id"]), to=row["dest"], status=row["event_status"], channel=row["channel"],
+                at=row["event_at"], error_code=row["error_code"]))
+            agent = "smsgw-webhook"
+        signature = sign(row["webhook_secret"], body)
+        return await client.send(
+            "POST", row["url"], b"%s%s: %s\r\nUser-Agent: %s\r\n" % (
+                _JSON_HEADER, SIGNATURE_HEADER.encode(), signature.encode(), agent.encode()), body,
+            {"Content-Type": "application/json", SIGNATURE_HEADER: signature, "User-Agent": agent})
 
-    async def _finish(self, outbox_id: int, state: str, error: str) -> None:
-        await self._store.execute(
-            "UPDATE webhook_outbox SET state = $2, last_error = $3, lease_until = NULL, updated_at = now()"
-            " WHERE id = $1", outbox_id, state, error)
+
+_DLR_HEADERS = b"User-Agent: smsgw-dlr\r\n"
+_JSON_HEADER = b"Content-Type: application/json\r\n"
+
+
+class _Clients:
+    """The two clients: the lean one for plain http, httpx for the rest."""
+
+    def __init__(self, plain: HookClient, https: httpx.AsyncClient) -> None:
+        self.plain = plain
+        self.https = https
+
+    async def send(self, method: str, url: str, rendered: bytes, body: bytes, headers: dict[str, str]) -> int:
+        """Status code of the answer. Raises CallbackHttpError or httpx.HTTPError on failure,
+        trio.TooSlowError after :data:`TIMEOUT`, ValueError for a URL no client can use."""
+        t = target(url)
+        if t is None:
+            response = await self.https.request(method, url, content=body or None, headers=headers)
+            return response.status_code
+        with trio.fail_after(TIMEOUT):
+            return await self.plain.request(method, t, rendered, body)
