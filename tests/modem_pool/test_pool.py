@@ -102,10 +102,12 @@ async def test_single_and_long_chinese_reach_the_handset_with_reports(nursery, t
     assert pool.statistics()[0].sent_today == 1 + len(long.parts)
 
 
-async def test_rate_per_minute_is_respected(nursery, tmp_path, autojump_clock):
+async def test_rate_per_minute_is_respected(nursery, tmp_path):
+    # The real clock: under an autojump clock the time also jumps while the pool waits for
+    # the modem's answer on the pty, so the gaps seen between PartSents were not the rate's.
     network = HandsetNetwork()
     async with running_pool(nursery, network, tmp_path,
-                            [("m1", "+8618600000011", ["cucc"], {"rate_per_minute": 2.0})]) as (pool, _):
+                            [("m1", "+8618600000011", ["cucc"], {"rate_per_minute": 60.0})]) as (pool, _):
         times = []
         async with trio.open_nursery() as senders:
             async def producer():
@@ -116,7 +118,7 @@ async def test_rate_per_minute_is_respected(nursery, tmp_path, autojump_clock):
                 await next_event(pool, PartSent)
                 times.append(trio.current_time())
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(gap >= 29.9 for gap in gaps), gaps
+    assert all(gap >= 0.8 for gap in gaps), gaps  # one a second, less the answers' jitter
 
 
 async def test_quota_exhausted_modem_is_not_chosen(nursery, tmp_path):
