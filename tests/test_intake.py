@@ -30,6 +30,20 @@ async def _start(nursery, store, **config) -> Intake:
     return intake
 
 
+async def _lock_messages(nursery, store) -> trio.Event:
+    """Hold a lock on ``messages`` that stops inserts until the returned event is set."""
+    release = trio.Event()
+
+    async def hold(task_status=trio.TASK_STATUS_IGNORED):
+        async with store.transaction() as tx:
+            await tx.execute("LOCK TABLE messages IN SHARE MODE")
+            task_status.started()
+            await release.wait()
+
+    await nursery.start(hold)
+    return release
+
+
 async def test_concurrent_callers_each_get_their_own_result(nursery, store):
     account = await _account(store)
     intake = await _start(nursery, store)
@@ -52,17 +66,7 @@ async def test_concurrent_callers_each_get_their_own_result(nursery, store):
 async def test_deadline_answers_503_and_a_request_not_yet_taken_is_never_stored(nursery, store):
     account = await _account(store)
     intake = await _start(nursery, store, flushers=1, max_delay=0)
-    locked = trio.Event()
-    release = trio.Event()
-
-    async def hold_lock():
-        async with store.transaction() as tx:
-            await tx.execute("LOCK TABLE messages IN SHARE MODE")
-            locked.set()
-            await release.wait()
-
-    nursery.start_soon(hold_lock)
-    await locked.wait()
+    release = await _lock_messages(nursery, store)
     outcomes = {}
 
     async def send(dest, timeout):
@@ -91,17 +95,7 @@ async def test_deadline_answers_503_and_a_request_not_yet_taken_is_never_stored(
 async def test_a_cancelled_caller_not_yet_taken_is_not_stored(nursery, store):
     account = await _account(store)
     intake = await _start(nursery, store, flushers=1, max_delay=0)
-    locked = trio.Event()
-    release = trio.Event()
-
-    async def hold_lock():
-        async with store.transaction() as tx:
-            await tx.execute("LOCK TABLE messages IN SHARE MODE")
-            locked.set()
-            await release.wait()
-
-    nursery.start_soon(hold_lock)
-    await locked.wait()
+    release = await _lock_messages(nursery, store)
     first_done = trio.Event()
 
     async def first():
@@ -122,18 +116,8 @@ async def test_a_cancelled_caller_not_yet_taken_is_not_stored(nursery, store):
 async def test_callers_waiting_when_the_intake_stops_get_503(store):
     account = await _account(store)
     errors = []
-    release = trio.Event()
-    locked = trio.Event()
-
-    async def hold_lock():
-        async with store.transaction() as tx:
-            await tx.execute("LOCK TABLE messages IN SHARE MODE")
-            locked.set()
-            await release.wait()
-
     async with trio.open_nursery() as outer:
-        outer.start_soon(hold_lock)
-        await locked.wait()
+        release = await _lock_messages(outer, store)
         with trio.CancelScope() as intake_scope:
             async with trio.open_nursery() as inner:
                 intake = await _start(inner, store, flushers=1, max_delay=0)
@@ -194,23 +178,13 @@ async def test_the_inserts_connection_goes_back_without_the_reset_round_trip(sto
 async def test_a_batch_being_gathered_when_the_intake_stops_is_answered_not_stored(store):
     account = await _account(store)
     errors = []
-    release = trio.Event()
-    locked = trio.Event()
-
-    async def hold_lock():
-        async with store.transaction() as tx:
-            await tx.execute("LOCK TABLE messages IN SHARE MODE")
-            locked.set()
-            await release.wait()
-
     async def release_later():
         await trio.sleep(0.3)
         release.set()
 
     with trio.fail_after(10):  # a caller nobody answers would hang here
         async with trio.open_nursery() as outer:
-            outer.start_soon(hold_lock)
-            await locked.wait()
+            release = await _lock_messages(outer, store)
             with trio.CancelScope() as intake_scope:
                 async with trio.open_nursery() as inner:
                     # Two flushers; the second lingers up to max_delay for more while the first commits.
