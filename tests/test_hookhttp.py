@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from gateway.hookhttp import MAX_RESPONSE_BODY, CallbackHttpError, HookClient, render, target
+from tests.http_peer import read_request
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -28,21 +29,11 @@ class RawServer:
         served = 0
         async with stream:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(buf) < length:
-                    buf += await stream.receive_some(65536)
-                self.requests.append(head + b"\r\n\r\n" + buf[:length])
-                buf = buf[length:]
+                got = await read_request(stream, buf)
+                if got is None:
+                    return
+                request, buf = got
+                self.requests.append(request)
                 answer = self.answers.pop(0) if self.answers else OK
                 if answer is None:
                     return

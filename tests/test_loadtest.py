@@ -20,6 +20,7 @@ from loadtest.http_client import Connection, Endpoint, HttpClientError, render_r
 from loadtest.report import summary, verdict
 from loadtest.scenarios import MAX_DURATION, SCENARIOS, LoadTestError, destination, plan
 from loadtest.schedule import RateProfile, arrivals, constant, day_shape, ramp
+from tests.http_peer import read_request
 
 # --- histogram ---------------------------------------------------------------------------------
 
@@ -121,20 +122,10 @@ async def _stalling_server(delays: list[float], seen: list[float], *, task_statu
     async def handle(stream: trio.SocketStream) -> None:
         buf = b""
         while True:
-            while b"\r\n\r\n" not in buf:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                buf += chunk
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(rest) < length:
-                rest += await stream.receive_some(65536)
-            buf = rest[length:]
+            got = await read_request(stream, buf)
+            if got is None:
+                return
+            _, buf = got
             n = len(seen)
             seen.append(trio.current_time())
             await trio.sleep(delays[n] if n < len(delays) else 0.0)
