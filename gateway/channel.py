@@ -62,6 +62,9 @@ class Submitted(msgspec.Struct, frozen=True, kw_only=True, tag="submitted"):
     message_id: int
     part: int
     ref: str
+    total: int = 0
+    """How many parts the channel sends the message in, when that is not the number planned
+    at acceptance (a CMPP link cuts by bytes, not by GSM septets); 0 means as planned."""
 
 
 class SubmitFailed(msgspec.Struct, frozen=True, kw_only=True, tag="submit_failed"):

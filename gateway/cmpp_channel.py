@@ -37,7 +37,7 @@ from .cmpp import (
 )
 from .cmpp import MoReceived as CmppMo
 from .cmpp.client import INPUT_QUEUE_SIZE
-from .cmpp.longsms import concat_udh
+from .cmpp.longsms import split_long
 from .cmpp.pdus import VERSION_2_0, VERSION_3_0, MsgFmt
 from .config import CmppConfig
 from .text import Encoding, national_or_raw
@@ -77,24 +77,18 @@ def stat_status(stat: str) -> Status | None:
 
 
 def encode_parts(message: OutboundMessage, ref: int) -> list[tuple[int, int, bytes]]:
-    """(msg_fmt, udhi, content) for each part, as planned at acceptance.
+    """(msg_fmt, udhi, content) for each SUBMIT of ``message``.
 
-    GSM 7-bit plans go as Msg_Fmt 0 when every part is ASCII (the ISMG packs it); others as
-    UCS2 (Msg_Fmt 8). Long messages carry the 6-byte concatenation UDH.
+    A GSM 7-bit text made only of ASCII goes as Msg_Fmt 0 (the ISMG packs it), any other text
+    as UCS2 (Msg_Fmt 8); both are cut by cmpp.md's limits: Msg_Content of at most 140 bytes,
+    134 after the 6-byte concatenation UDH, never inside a character. That can take another
+    number of SUBMITs than the GSM 7-bit plan made at acceptance (160 ASCII characters are one
+    GSM part but two SUBMITs; an "é" turns the text into UCS2 at 70 characters a part): the
+    channel reports the number it sent with each part (:attr:`Submitted.total`).
     """
-    total = len(message.parts)
-    ascii_ok = message.encoding == Encoding.GSM7 and all(p.isascii() for p in message.parts)
-    out = []
-    for seq, part in enumerate(message.parts, start=1):
-        if ascii_ok:
-            fmt, body = MsgFmt.ASCII, part.encode("ascii")
-        else:
-            fmt, body = MsgFmt.UCS2, part.encode("utf-16-be")
-        if total > 1:
-            out.append((int(fmt), 1, concat_udh(ref, total, seq) + body))
-        else:
-            out.append((int(fmt), 0, body))
-    return out
+    text = "".join(message.parts)
+    fmt = MsgFmt.ASCII if message.encoding == Encoding.GSM7 and text.isascii() else MsgFmt.UCS2
+    return [(int(fmt), part.udhi, part.content) for part in split_long(text, fmt, ref)]
 
 
 class CmppChannel:
@@ -170,7 +164,7 @@ class CmppChannel:
         src_id = (self._config.service_number + message.sender)[:21]
         for number, (fmt, udhi, content) in enumerate(parts, start=1):
             request = SubmitRequest(
-                ref=(message.id, number), dest=message.dest, src_id=src_id, content=content, msg_fmt=fmt,
+                ref=(message.id, number, len(parts)), dest=message.dest, src_id=src_id, content=content, msg_fmt=fmt,
                 udhi=udhi, pk_total=len(parts), pk_number=number, registered_delivery=1,
                 service_id=self._config.service_id,
             )
@@ -230,8 +224,9 @@ class CmppChannel:
 
     def _translate(self, event: LinkEvent) -> ChannelEvent | None:
         if isinstance(event, SubmitAcked):
-            message_id, part = event.ref
-            return Submitted(channel=self.name, message_id=message_id, part=part, ref=str(event.msg_id))
+            message_id, part, total = event.ref
+            return Submitted(channel=self.name, message_id=message_id, part=part, ref=str(event.msg_id),
+                             total=total)
         if isinstance(event, StatusReport):
             status = stat_status(event.stat)
             if status is None:
@@ -239,7 +234,7 @@ class CmppChannel:
             code = "" if status is Status.DELIVERED else event.stat.strip()
             return DeliveryReport(channel=self.name, ref=str(event.msg_id), status=status, error_code=code)
         if isinstance(event, SubmitRejected):
-            message_id, part = event.ref
+            message_id, part, _ = event.ref
             return SubmitFailed(channel=self.name, message_id=message_id, transient=event.transient,
                                 reason=f"SUBMIT_RESP Result={event.result} (part {part})",
                                 error_code=str(event.result))

@@ -366,13 +366,13 @@ class Dispatcher:
                         await trio.sleep(STORE_RETRY)
 
     async def _apply(self, batch: list[ChannelEvent]) -> None:
-        submitted: list[tuple[str, int, int, str]] = []
+        submitted: list[tuple[str, int, int, str, int]] = []
         failures: list[SubmitFailed] = []
         reports: list[DeliveryReport] = []
         mos: list[MoReceived] = []
         for e in batch:  # one pass, the most frequent kinds first
             if isinstance(e, Submitted):
-                submitted.append((e.channel, e.message_id, e.part, e.ref))
+                submitted.append((e.channel, e.message_id, e.part, e.ref, e.total))
             elif isinstance(e, DeliveryReport):
                 reports.append(e)
             elif isinstance(e, SubmitFailed):
@@ -385,7 +385,7 @@ class Dispatcher:
                 log.info("channel %s channel=%s detail=%s", "up" if e.up else "down", e.channel, e.detail)
         if submitted:
             done = await self._store.record_submitted(submitted)
-            channel_of = {message_id: channel for channel, message_id, _, _ in submitted}
+            channel_of = {item[1]: item[0] for item in submitted}
             self._count_messages("submitted", [channel_of[message_id] for message_id in done])
         if failures:
             await self._record_failures(failures)

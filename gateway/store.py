@@ -470,16 +470,20 @@ WITH r AS (
 o AS MATERIALIZED (
     -- Each message's status before this statement, its row locked (in id order) until commit,
     -- with its parts acknowledged now and the channel of the last.
-    SELECT m.id, m.status AS was, c.n, c.channel
-    FROM messages m JOIN unnest($5::bigint[], $6::int[], $7::text[]) AS c(id, n, channel) ON c.id = m.id
+    -- ``parts`` becomes the number the channel sends it in, when it says (c.total > 0).
+    SELECT m.id, m.status AS was, c.n, c.channel,
+           CASE WHEN c.total > 0 THEN c.total ELSE m.parts END AS parts
+    FROM messages m JOIN unnest($5::bigint[], $6::int[], $7::text[], $8::smallint[]) AS c(id, n, channel, total)
+         ON c.id = m.id
     WHERE m.id = ANY($5::bigint[]) ORDER BY m.id FOR UPDATE OF m
 ),
 u AS (
     UPDATE messages m SET
-        parts_submitted = least(m.parts, m.parts_submitted + c.n),
-        status = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
+        parts = c.parts,
+        parts_submitted = least(c.parts, m.parts_submitted + c.n),
+        status = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts
                       THEN 'submitted' ELSE m.status END,
-        channel = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= m.parts
+        channel = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts
                        THEN c.channel ELSE m.channel END,
         updated_at = now()
     FROM o c
@@ -502,29 +506,37 @@ FROM v ORDER BY v.id
 
 
 async def _aio_submitted(
-    pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str]], sink: list[MtEvent] | None = None,
+    pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str] | tuple[str, int, int, str, int]],
+    sink: list[MtEvent] | None = None,
 ) -> list[int]:
-    """Record submitted parts (channel, message_id, part, ref); returns fully submitted ids.
+    """Record submitted parts (channel, message_id, part, ref[, total]); returns fully
+    submitted ids.
 
     One statement, so one round trip and atomic: the parts' refs (a ref seen again points at
     its latest part), the messages' part counts, and for each message now fully submitted its
     ``submitted`` status on the channel of its last part, history row, Kannel DLR and removal
-    from the queue. Final states stay final (their parts are still counted)."""
+    from the queue. Final states stay final (their parts are still counted). ``total``, when
+    given and not 0, is the number of parts the channel sends the message in; it replaces the
+    planned count (see :attr:`gateway.channel.Submitted.total`)."""
     refs: dict[tuple[str, str], tuple[int, int]] = {}
     counts: dict[int, list[Any]] = {}
-    for channel, message_id, part, ref in items:
+    for item in items:
+        channel, message_id, part, ref = item[:4]
+        total = item[4] if len(item) > 4 else 0
         refs[(channel, ref)] = (message_id, part)
         entry = counts.get(message_id)
         if entry is None:
-            counts[message_id] = [1, channel]
+            counts[message_id] = [1, channel, total]
         else:
             entry[0] += 1
             entry[1] = channel
+            entry[2] = total or entry[2]
     keys = list(refs)
     values = list(refs.values())
     rows = await pool.fetch(
         _SUBMITTED, [k[0] for k in keys], [k[1] for k in keys], [v[0] for v in values], [v[1] for v in values],
-        list(counts), [c[0] for c in counts.values()], [c[1] for c in counts.values()])
+        list(counts), [c[0] for c in counts.values()], [c[1] for c in counts.values()],
+        [c[2] for c in counts.values()])
     _sink_rows(sink, rows)
     return [r[0] for r in rows]
 
@@ -881,8 +893,11 @@ class Store:
         self._emit(sink)
         return moved
 
-    async def record_submitted(self, items: Sequence[tuple[str, int, int, str]]) -> list[int]:
-        """Persist (channel, message_id, part, ref) mappings; returns ids now fully submitted."""
+    async def record_submitted(
+        self, items: Sequence[tuple[str, int, int, str] | tuple[str, int, int, str, int]],
+    ) -> list[int]:
+        """Persist (channel, message_id, part, ref[, total]) mappings; returns ids now fully
+        submitted (``total``: see :func:`_aio_submitted`)."""
         if not items:
             return []
         sink = self._sink()

@@ -93,7 +93,7 @@ def test_stat_words_map_to_spec_statuses():
     assert stat_status("ACCEPTD") is None
 
 
-def test_parts_are_encoded_as_planned():
+def test_parts_are_cut_by_the_cmpp_limits():
     from datetime import datetime, timezone
 
     from gateway.text import plan
@@ -112,8 +112,39 @@ def test_parts_are_encoded_as_planned():
     assert len(parts) == 2 and all(f == 8 and u == 1 for f, u, _ in parts)
     assert parts[0][2][:6] == bytes([5, 0, 3, 9, 2, 1]) and parts[1][2][:6] == bytes([5, 0, 3, 9, 2, 2])
     assert len(parts[0][2]) == 6 + 134
-    parts = encode_parts(msg("a" * 300), 1)
-    assert all(f == 0 and len(c) <= 159 for f, _, c in parts)
+    parts = encode_parts(msg("a" * 300), 1)  # two GSM parts, three SUBMITs of 134 ASCII bytes at most
+    assert [(f, u, len(c)) for f, u, c in parts] == [(0, 1, 140), (0, 1, 140), (0, 1, 6 + 32)]
+    (fmt, udhi, content), = encode_parts(msg("a" * 140), 1)
+    assert (fmt, udhi, len(content)) == (0, 0, 140)
+    parts = encode_parts(msg("a" * 160), 1)  # one GSM part; Msg_Content holds 140 bytes
+    assert [(f, u, len(c)) for f, u, c in parts] == [(0, 1, 140), (0, 1, 6 + 26)]
+    parts = encode_parts(msg("é" * 100), 1)  # GSM 7-bit but not ASCII: UCS2, 67 characters a part
+    assert [(f, u, len(c)) for f, u, c in parts] == [(8, 1, 140), (8, 1, 6 + 66)]
+    assert b"".join(c[6:] for _, _, c in parts).decode("utf-16-be") == "é" * 100
+    (fmt, udhi, content), = encode_parts(msg("{" * 100), 1)  # two GSM parts (escapes), 100 bytes
+    assert (fmt, udhi, content) == (0, 0, b"{" * 100)
+    parts = encode_parts(msg("😀" * 40), 3)  # a surrogate pair is never cut
+    assert [len(c) - 6 for _, _, c in parts] == [132, 28]
+
+
+async def test_texts_the_ismg_takes_in_another_number_of_parts_end_delivered(nursery, database_url):
+    # 160 ASCII characters do not fit one Msg_Content of 140 bytes, "é" makes a GSM text UCS2
+    # and GSM escapes take one ASCII byte: each ends delivered, its parts as the ISMG took them.
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret", dlr_delay=0.05)
+    gw, _ = await start_stack(nursery, database_url, sim)
+    cases = {"x" * 160: (1, 2), "é" * 100: (1, 2), "y" * 300: (2, 3), "{" * 100: (2, 1)}
+    sent = {}
+    for i, (text, (planned, _)) in enumerate(cases.items()):
+        m, = await send(gw, {"to": f"1380013800{i}", "text": text})
+        assert m["parts"] == planned
+        sent[text] = m
+    for text, m in sent.items():
+        await wait_status(gw.store, int(m["id"]), "delivered")
+        async with gw.client() as c:
+            detail = (await c.get(f"/v1/messages/{m['id']}")).json()
+        assert detail["parts"] == cases[text][1] and detail["text"] == text
+        refs = await gw.store.fetchval("SELECT count(*) FROM message_refs WHERE message_id = $1", int(m["id"]))
+        assert refs == cases[text][1]
 
 
 async def test_a_transiently_rejected_part_is_retried_alone(nursery, database_url):

@@ -42,6 +42,20 @@ async def test_a_message_is_submitted_when_its_last_part_is(store):
     assert [tuple(r) for r in refs] == [(CH, "r1", a, 1), ("cmpp-b", "r2", a, 2), (CH, "r3", b, 1)]
 
 
+async def test_the_channel_s_own_part_count_replaces_the_planned_one(store):
+    a, b = await queued(store, 1, 2)
+    # a: one GSM part that the channel sends in two; b: two GSM parts it sends in one.
+    assert await store.record_submitted([(CH, a, 1, "a1", 2), (CH, b, 1, "b1", 1)]) == [b]
+    assert await store.fetchval("SELECT status FROM messages WHERE id = $1", a) == "queued"
+    assert await store.record_submitted([(CH, a, 2, "a2", 2)]) == [a]
+    rows = await store.fetch("SELECT id, parts, parts_submitted FROM messages ORDER BY id")
+    assert [tuple(r) for r in rows] == [(a, 2, 2), (b, 1, 1)]
+    await store.record_reports([(CH, "a1", "delivered", "")])
+    assert await store.fetchval("SELECT status FROM messages WHERE id = $1", a) == "submitted"
+    await store.record_reports([(CH, "a2", "delivered", ""), (CH, "b1", "delivered", "")])
+    assert [r[0] for r in await store.fetch("SELECT status FROM messages ORDER BY id")] == ["delivered"] * 2
+
+
 async def test_a_ref_named_twice_points_at_its_latest_part_and_parts_are_capped(store):
     (a,) = await queued(store, 2)
     # The same ref twice in one batch (an operator reusing a Msg_Id), and a part acknowledged twice.
@@ -179,7 +193,7 @@ async def test_report_and_submit_statements_probe_the_indexes_whatever_the_table
     reports = await plan(_REPORTS, [CH] * 100, [f"r{i}" for i in pending],
                          json.dumps({f"{CH} r{i}": ["delivered", "", n] for n, i in enumerate(pending, 1)}), _FINAL)
     submitted = await plan(_SUBMITTED, [CH] * 100, [f"s{i}" for i in fresh], fresh, [1] * 100, fresh, [1] * 100,
-                           [CH] * 100)
+                           [CH] * 100, [0] * 100)
     for text in (reports, submitted):
         assert "Seq Scan on messages" not in text, text
         assert "Rows Removed by Join Filter" not in text, text
