@@ -284,7 +284,12 @@ class Dispatcher:
         # (the others: final already, e.g. expired by another node, or waiting on a limit)
         self._count_messages("queued", [channel.name for _, channel in go])
         for m, channel in go:
-            await channel.submit(m)
+            try:
+                await channel.submit(m)
+            except GatewayError as exc:  # a message the channel cannot carry fails alone
+                log.warning("submit refused channel=%s message_id=%d error=%s", channel.name, m.id, exc)
+                await self._record_failures([SubmitFailed(channel=channel.name, message_id=m.id, transient=False,
+                                                          reason=f"the channel cannot send it: {exc}")])
 
     def _decide_recipients(self, candidates: Sequence[tuple[int, str]], history: dict[str, list[float]],
                            now: float) -> tuple[list[int], dict[int, float]]:

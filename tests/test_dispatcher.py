@@ -110,6 +110,29 @@ async def test_transient_failure_is_retried_permanent_fails(nursery, database_ur
     assert await gw.store.fetchval("SELECT count(*) FROM outbound_queue") == 0
 
 
+class RefusingChannel(ScriptedChannel):
+    """Refuses one text the way a protocol driver refuses a request it cannot frame."""
+
+    async def submit(self, message):
+        if "".join(message.parts) == "cannot":
+            from gateway.cmpp.errors import LocalProtocolError
+
+            raise LocalProtocolError("Msg_Content of 200 bytes exceeds 140")
+        await super().submit(message)
+
+
+async def test_a_message_the_channel_refuses_fails_alone(nursery, database_url):
+    ch = RefusingChannel()
+    gw = await start_gateway(nursery, database_url, channels=[ch])
+    (bad,) = await send(gw, {"to": "13800138000", "text": "cannot"})
+    await wait_status(gw.store, int(bad["id"]), "failed")
+    (good,) = await send(gw, {"to": "13800138001", "text": "can"})
+    await wait_status(gw.store, int(good["id"]), "submitted")
+    detail = await gw.store.fetchval(
+        "SELECT detail FROM message_events WHERE message_id = $1 AND status = 'failed'", int(bad["id"]))
+    assert "cannot send it" in detail and "exceeds 140" in detail
+
+
 async def test_no_channel_for_the_operator_keeps_the_message_queued(nursery, database_url):
     ch = ScriptedChannel(operators=("cucc",))
     gw = await start_gateway(nursery, database_url, channels=[ch])

@@ -25,7 +25,7 @@ import msgspec
 import trio
 
 from gateway.cmpp.auth import timestamp
-from gateway.cmpp.codec import status_report_fields
+from gateway.cmpp.codec import MAX_MSG_LENGTH, status_report_fields
 from gateway.cmpp.connection import (
     CmppConnection,
     ConnectionStatistics,
@@ -41,7 +41,7 @@ from gateway.cmpp.connection import (
     TerminateRequested,
     Terminated,
 )
-from gateway.cmpp.errors import LinkError, RemoteProtocolError
+from gateway.cmpp.errors import LinkError, LocalProtocolError, RemoteProtocolError
 from gateway.cmpp.longsms import Reassembled, Reassembler
 from gateway.cmpp.pdus import (
     VERSION_3_0,
@@ -293,13 +293,18 @@ class CmppLink:
 
         With room in the queue it returns without a scheduler round trip (no checkpoint), so
         a caller queueing many in a row does so in one step; a full queue always waits."""
+        _check_request(request)
         try:
             self._input_send.send_nowait(request)
         except trio.WouldBlock:
             await self._input_send.send(request)
 
     def submit_nowait(self, request: SubmitRequest) -> None:
-        """Queue a SUBMIT or raise trio.WouldBlock when the input queue is full."""
+        """Queue a SUBMIT or raise trio.WouldBlock when the input queue is full.
+
+        Both raise :class:`LocalProtocolError` at once for a request CMPP cannot carry, so one
+        bad request fails its caller, never the link that would have framed it."""
+        _check_request(request)
         self._input_send.send_nowait(request)
 
     def statistics(self) -> LinkStatistics:
@@ -706,3 +711,12 @@ class CmppLink:
             text=decode_text(whole.content, msg_fmt), msg_fmt=msg_fmt,
             received_at=self._wall(), content=whole.content, complete=whole.complete,
         ))
+
+
+def _check_request(request: SubmitRequest) -> None:
+    """What the codec would refuse when framing ``request`` (cmpp.md "SUBMIT"), checked before
+    it is queued."""
+    if len(request.content) > MAX_MSG_LENGTH:
+        raise LocalProtocolError(f"Msg_Content of {len(request.content)} bytes exceeds {MAX_MSG_LENGTH}")
+    if not 1 <= request.pk_number <= request.pk_total <= 0xFF:
+        raise LocalProtocolError(f"part {request.pk_number} of {request.pk_total} is out of range")
