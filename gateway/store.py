@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib.resources
 import logging
+import math
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,6 +40,12 @@ API_KEY_PREFIX = "smsgw_"
 ROLLBACK_TIMEOUT = 10.0
 """Seconds a rollback or connection release may take when a transaction block is left."""
 _FINAL = [s.value for s in FINAL_STATUSES]
+QUEUE_STATS_SHARE = 0.05
+"""The largest share of the time the queue's statistics may keep one database connection busy:
+a reading is reused for 1/share times as long as it took (with a deep queue the count takes a
+while, and /metrics may be scraped every second)."""
+QUEUE_STATS_MIN_AGE = 1.0
+"""Seconds a reading of the queue's statistics is reused however fast it was."""
 
 
 class Account(msgspec.Struct, frozen=True):
@@ -676,6 +683,9 @@ class Store:
         self._loop = loop
         self.events: EventBus | None = None
         """Where status transitions go once committed, as :class:`MtEvent` (when anyone listens)."""
+        self._queue_stats: dict[str, tuple[int, float]] = {}
+        self._queue_stats_until = -math.inf
+        self._queue_stats_reading: trio.Event | None = None
 
     def _sink(self) -> list[MtEvent] | None:
         return [] if self.events is not None and self.events.active else None
@@ -1302,12 +1312,31 @@ class Store:
 
     async def queue_stats(self) -> dict[str, tuple[int, float]]:
         """Per class (``transactional``, ``marketing``): messages in the outbound queue and the
-        age in seconds of the oldest of them. One indexed join; called once a second at most."""
-        rows = await self.fetch(
-            "SELECT m.class, count(*) AS depth,"
-            "       extract(epoch FROM now() - min(m.created_at))::float8 AS oldest"
-            " FROM outbound_queue q JOIN messages m ON m.id = q.message_id GROUP BY m.class")
-        return {r["class"]: (r["depth"], max(0.0, r["oldest"] or 0.0)) for r in rows}
+        age in seconds of the oldest of them.
+
+        Counting a deep queue takes time (a quarter of a million queued messages: about a
+        second), so a reading is shared: callers arriving while one is read wait for it, and it
+        is reused for :data:`QUEUE_STATS_MIN_AGE` or 1/:data:`QUEUE_STATS_SHARE` times as long
+        as it took, whichever is longer. Scrapes and the admin board cost the database a
+        bounded share however often they come."""
+        while (reading := self._queue_stats_reading) is not None:
+            await reading.wait()
+        if trio.current_time() < self._queue_stats_until:
+            return dict(self._queue_stats)
+        reading = self._queue_stats_reading = trio.Event()
+        try:
+            started = trio.current_time()
+            rows = await self.fetch(
+                "SELECT m.class, count(*) AS depth,"
+                "       extract(epoch FROM now() - min(m.created_at))::float8 AS oldest"
+                " FROM outbound_queue q JOIN messages m ON m.id = q.message_id GROUP BY m.class")
+            took = trio.current_time() - started
+            self._queue_stats = {r["class"]: (r["depth"], max(0.0, r["oldest"] or 0.0)) for r in rows}
+            self._queue_stats_until = trio.current_time() + max(QUEUE_STATS_MIN_AGE, took / QUEUE_STATS_SHARE)
+        finally:
+            self._queue_stats_reading = None
+            reading.set()
+        return dict(self._queue_stats)
 
     async def messages_to(self, dest: str, limit: int = 20) -> list[MessageView]:
         """The latest ``limit`` messages to ``dest`` (11-digit form), newest first, with history."""

@@ -143,6 +143,35 @@ def deploy_metric_names() -> set[str]:
     return {base_name(n) for e in exprs for n in re.findall(r"\bsmsgw_[a-z_]+", e)}
 
 
+async def test_queue_statistics_are_read_once_for_callers_close_together(store, monkeypatch):
+    import gateway.store as store_module
+    from gateway.store import AcceptRequest, NewMessage
+
+    account = await store.ensure_account("shop")
+
+    async def enqueue(n: int) -> None:
+        await store.accept([AcceptRequest(account_id=account.id, messages=tuple(
+            NewMessage(dest=f"1380013{i:04d}", operator="cmcc", body="x", encoding="gsm7", parts=1)
+            for i in range(n)))])
+
+    await enqueue(2)
+    results = []
+
+    async def read() -> None:
+        results.append(await store.queue_stats())
+
+    async with trio.open_nursery() as n:  # ten at once share one reading
+        for _ in range(10):
+            n.start_soon(read)
+    assert [r["transactional"][0] for r in results] == [2] * 10
+    await enqueue(3)
+    assert (await store.queue_stats())["transactional"][0] == 2  # reused within its age
+    monkeypatch.setattr(store_module, "QUEUE_STATS_MIN_AGE", 0.0)
+    monkeypatch.setattr(store_module, "QUEUE_STATS_SHARE", 1e9)
+    store._queue_stats_until = 0.0
+    assert (await store.queue_stats())["transactional"][0] == 5
+
+
 def test_dashboard_and_alerts_name_only_documented_metrics():
     documented = documented_metrics()
     names = deploy_metric_names()
