@@ -70,8 +70,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Status reports and MOs waiting to be sent; SUBMIT handling waits when it is full.
+#: Status reports and MOs waiting to be sent (default ``max_pending_reports``); beyond it SUBMITs
+#: asking for a report are answered with Result 8 (flow control) until the SP takes its reports.
 MAX_PENDING_DELIVERIES = 100_000
+#: Room kept in the delivery queue beyond ``max_pending_reports`` for DELIVERs put back when a
+#: connection is lost and for injected MOs, so that neither is dropped while SUBMITs are refused.
+DELIVERY_RESERVE = 4_096
 #: How many of the latest SUBMITs are kept for inspection.
 RECENT_SUBMITS = 1000
 #: Bytes asked of the socket per read.
@@ -145,7 +149,9 @@ class IsmgSimulator:
     with Result 8; ``seed`` makes outcomes reproducible; Msg_Ids are a deterministic
     sequence from ``start_time`` (epoch seconds; now when None) and ``gateway_code``;
     ``count_duplicates`` keeps a hash of every accepted SUBMIT's destinations and content and
-    counts the repeats in ``duplicates`` (for load tests: a message sent twice).
+    counts the repeats in ``duplicates`` (for load tests: a message sent twice);
+    ``max_pending_reports`` bounds the status reports waiting for the SP, beyond which SUBMITs
+    asking for one are answered with Result 8 (counted in ``throttled`` and ``backlogged``).
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class IsmgSimulator:
         active_test_interval: float | None = 180.0,
         secrets: Mapping[str, str] | None = None,
         count_duplicates: bool = False,
+        max_pending_reports: int = MAX_PENDING_DELIVERIES,
     ) -> None:
         if not 0.0 <= fail_rate <= 1.0:
             raise ValueError(f"fail_rate must be within 0..1, not {fail_rate}")
@@ -184,6 +191,7 @@ class IsmgSimulator:
         self.response_timeout = response_timeout
         self.max_retries = max_retries
         self.active_test_interval = active_test_interval
+        self.max_pending_reports = max_pending_reports
         self._secrets = dict(secrets or {sp_id: secret})
         self._rng = random.Random(seed)
         self._start = int(time.time() if start_time is None else start_time)
@@ -212,6 +220,8 @@ class IsmgSimulator:
         self.submits = 0
         self.accepted = 0
         self.throttled = 0
+        self.backlogged = 0
+        """SUBMITs answered with Result 8 because the reports waiting for the SP were too many."""
         self.failed = 0
         self.reports_queued = 0
         self.reports_sent = 0
@@ -259,7 +269,8 @@ class IsmgSimulator:
         port (port 0 picks a free one)."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
-        self._send_out, self._recv_out = trio.open_memory_channel[_Outbound](MAX_PENDING_DELIVERIES)
+        self._send_out, self._recv_out = trio.open_memory_channel[_Outbound](
+            self.max_pending_reports + DELIVERY_RESERVE)
         logger.info("ismg simulator listening host=%s port=%s version=0x%02x", host, self.port,
                     self.version)
         async with trio.open_nursery() as nursery:
@@ -344,6 +355,14 @@ class IsmgSimulator:
             self._garble -= 1
             return True
         return False
+
+    def _report_backlog_full(self, more: int) -> bool:
+        assert self._send_out is not None
+        full = self._send_out.statistics().current_buffer_used + more > self.max_pending_reports
+        if full and not self.backlogged:
+            logger.warning("ismg report backlog full pending=%d: SUBMITs answered with Result 8 until the SP "
+                           "takes its reports", self.max_pending_reports)
+        return full
 
     def _requeue(self, item: _Outbound) -> None:
         assert self._send_out is not None
@@ -562,6 +581,14 @@ class _SpConnection:
         now = trio.current_time()
         if self.bucket is not None and not self.bucket.try_take(now):
             sim.throttled += 1
+            await self._write(self.conn.respond(
+                seq, SubmitResp(msg_id=0, result=SubmitResult.FLOW_CONTROL), now=now))
+            return
+        if submit.registered_delivery == 1 and sim._report_backlog_full(len(submit.dest_terminal_ids)):
+            # Like an ISMG whose SP does not take its reports: flow control, never a reader
+            # blocked on the queue (it could then not read the DELIVER_RESPs that drain it).
+            sim.throttled += 1
+            sim.backlogged += 1
             await self._write(self.conn.respond(
                 seq, SubmitResp(msg_id=0, result=SubmitResult.FLOW_CONTROL), now=now))
             return

@@ -274,6 +274,51 @@ async def test_unacked_report_is_resent_after_reconnect():
         nursery.cancel_scope.cancel()
 
 
+async def test_an_sp_that_leaves_its_reports_unacked_gets_flow_control_not_a_stalled_link():
+    # The reports waiting for the SP are bounded: beyond the bound SUBMITs are answered with
+    # Result 8 at once (the connection keeps reading, so the SP's DELIVER_RESPs can drain
+    # them); once the SP takes its reports, SUBMITs are accepted again.
+    sim = IsmgSimulator(max_pending_reports=20)
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, sim)
+        c = await RawClient.connect(port)
+        assert isinstance(await c.next_event(), LoginAccepted)
+        unacked = []
+        results = []
+        with trio.fail_after(10):
+            for i in range(60):
+                await c.send(submit(dest=f"138{i:08d}"))
+                while True:
+                    ev = await c.next_event()
+                    if isinstance(ev, RequestReceived):  # a report: left unanswered for now
+                        unacked.append(ev)
+                        continue
+                    results.append(ev.response.result)
+                    break
+        # 16 reports in the window, 20 queued, and one the sender holds while it waits for room.
+        accepted = results.index(8)
+        assert accepted in (36, 37) and results[:accepted] == [0] * accepted
+        assert results[accepted:] == [8] * (60 - accepted) and sim.backlogged == 60 - accepted
+        assert len(unacked) == 16 and sim.statistics().pending_deliveries == 20
+        received = len(unacked)
+        with trio.fail_after(10):
+            while unacked:  # the SP takes its reports: the rest follow as the window frees
+                ev = unacked.pop()
+                await c.respond(ev.sequence_id, DeliverResp(msg_id=ev.pdu.msg_id))
+                if received < accepted:
+                    nxt = await c.next_event()
+                    assert isinstance(nxt, RequestReceived)
+                    unacked.append(nxt)
+                    received += 1
+            await c.send(submit(dest="13900000000"))
+            ev = await c.next_event()
+            while isinstance(ev, RequestReceived):
+                await c.respond(ev.sequence_id, DeliverResp(msg_id=ev.pdu.msg_id))
+                ev = await c.next_event()
+        assert ev.response.result == 0 and sim.reports_acked == accepted
+        nursery.cancel_scope.cancel()
+
+
 async def test_dlr_delay_and_one_report_per_destination(autojump_clock):
     sim = IsmgSimulator(dlr_delay=5.0, outcomes={"UNDELIV": 1})
     async with trio.open_nursery() as nursery:
