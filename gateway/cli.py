@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
@@ -16,6 +17,7 @@ from .config import Config, default_config, load_config
 from .errors import GatewayError
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 
 
 def _setup_logging(level: str) -> None:
@@ -38,6 +40,26 @@ async def _until_signal(main: Callable[..., Awaitable[object]], *args: object) -
 
             nursery.start_soon(watch)
             await nursery.start(main, *args)
+
+
+async def _unless_signalled(main: Callable[..., Awaitable[T]], *args: object) -> T:
+    """``await main(*args)``; SIGINT or SIGTERM cancels it (what it started is stopped by its
+    own shielded clean-up) and raises KeyboardInterrupt."""
+    done: list[T] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                done.append(await main(*args))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for signum in signals:
+                log.warning("stopping on %s", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    if not done:
+        raise KeyboardInterrupt
+    return done[0]
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -158,7 +180,7 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
                       plots_dir=args.plots, connections=args.connections, drain_timeout=args.drain_timeout,
                       database_url=args.database_url or "", service_number=args.service_number, modems=args.modems,
                       progress=not args.quiet, keep_dir=args.keep_dir)
-    report = trio.run(run_loadtest, options)
+    report = trio.run(_unless_signalled, run_loadtest, options)
     if args.plots:
         for path in write_plots(report, args.plots):
             print(f"plot written: {path}", file=sys.stderr)

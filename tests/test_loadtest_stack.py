@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,55 @@ def test_cli_refuses_bad_options_before_starting_anything(args, message):
     done = _smsgw("loadtest", *args, "--quiet", timeout=30)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_loadtest_stops_the_processes_it_started(database_url, signum):
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "--log-level", "WARNING", "loadtest",
+                             "--scenario", "single", "--rate", "20", "--duration", "60", "--quiet",
+                             "--database-url", database_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        started: set[int] = set()
+        while time.monotonic() < deadline and len(started) < 2:  # the simulators and the gateway
+            started = {p for p in _descendants(proc.pid)
+                       if b"gateway.cli" in Path(f"/proc/{p}/cmdline").read_bytes()
+                       or b"loadtest.simproc" in Path(f"/proc/{p}/cmdline").read_bytes()}
+            time.sleep(0.2)
+        assert len(started) >= 2, proc.stderr.read() if proc.poll() is not None else "not started"
+        time.sleep(2)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert not [p for p in started if _alive(p)], "processes left running"
