@@ -298,44 +298,59 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
 
 # -- routing (migration 0005) -----------------------------------------------------------------
 
+CLAIM_PRIORITIES = (3, 2, 1, 0)
+"""The message priorities (``messages.priority`` is checked to 0..3), in the claim's order."""
+
 _CLAIM_TEMPLATE = """
 WITH free AS (
-    SELECT q.message_id, q.priority FROM outbound_queue q
-    WHERE q.leased_by IS NULL AND q.not_before <= now() {only}
-    ORDER BY q.priority DESC, q.message_id
+    SELECT f.message_id, f.priority, f.not_before
+    FROM (VALUES {lanes}) AS lane(priority)
+    CROSS JOIN LATERAL (
+        SELECT q.message_id, q.priority, q.not_before FROM outbound_queue q
+        WHERE q.leased_by IS NULL AND q.priority = lane.priority AND q.not_before <= now() {only}
+        ORDER BY q.not_before, q.message_id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) f
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
 ),
 lapsed AS (
-    SELECT q.message_id, q.priority FROM outbound_queue q
+    SELECT q.message_id, q.priority, q.not_before FROM outbound_queue q
     WHERE q.leased_by IS NOT NULL AND q.lease_until < now() {only}
-    ORDER BY q.priority DESC, q.message_id
+    ORDER BY q.priority DESC, q.not_before, q.message_id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ),
 c AS (
     SELECT message_id FROM (SELECT * FROM free UNION ALL SELECT * FROM lapsed) x
-    ORDER BY priority DESC, message_id
+    ORDER BY priority DESC, not_before, message_id
     LIMIT $1
 ),
 u AS (
     UPDATE outbound_queue q
     SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
     WHERE q.message_id = ANY(ARRAY(SELECT message_id FROM c))
-    RETURNING q.message_id, q.attempts, q.last_channel
+    RETURNING q.message_id, q.attempts, q.last_channel, q.not_before
 )
 SELECT m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
        m.class, m.sender, m.expires_at, u.attempts, u.last_channel
 FROM u CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.id = u.message_id OFFSET 0) m
+ORDER BY m.priority DESC, u.not_before, u.message_id
 """
-# Free rows come from the partial index ``outbound_queue_ready`` in the claim's order, so rows
-# leased by a dispatcher (in flight) are never read; leases that ran out (a node died) from
-# ``outbound_queue_leased``, normally empty. The claimed rows and their messages are then
-# fetched by primary key (``= ANY(ARRAY(...))`` and a LATERAL lookup that the planner cannot
-# turn into a hash join over the whole table), whatever the queue's depth (migration 0011).
-_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(only="")
+# Free rows come from the partial index ``outbound_queue_due`` (migration 0014), one priority
+# after the other (the lanes, a nested loop that stops once it has enough): each lane's scan
+# starts at its oldest due row and ends at ``not_before <= now()``, an index bound, so rows
+# waiting for a later time are never read, and rows leased by a dispatcher (in flight) are not
+# in that index at all. Leases that ran out (a node died) come from ``outbound_queue_leased``,
+# normally empty. The claimed rows and their messages are then fetched by primary key
+# (``= ANY(ARRAY(...))`` and a LATERAL lookup that the planner cannot turn into a hash join
+# over the whole table), whatever the queue's depth. Within a priority, messages go in the
+# order they became due (``not_before``, then id).
+_CLAIM_ALL_LANES = ", ".join(f"({p})" for p in CLAIM_PRIORITIES)
+_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(lanes=_CLAIM_ALL_LANES, only="")
 """The claim (highest priority first), returning each message's ``last_channel`` too."""
 _CLAIM_ROUTABLE_TRANSACTIONAL = _CLAIM_TEMPLATE.format(
+    lanes=_CLAIM_ALL_LANES,
     only="AND (SELECT mm.class FROM messages mm WHERE mm.id = q.message_id) <> 'marketing'")
 """The same during quiet hours: marketing messages stay in the queue."""
 
@@ -918,8 +933,8 @@ class Store:
                              marketing: bool = True) -> list[tuple[OutboundMessage, str | None]]:
         """:meth:`claim`, with each message's ``last_channel`` (the channel whose transient
         failure sent it back to the queue, or None)."""
+        # In the claim's order: priority, then when each became due.
         rows = await self.fetch(_CLAIM_ROUTABLE if marketing else _CLAIM_ROUTABLE_TRANSACTIONAL, limit, node, lease)
-        rows.sort(key=lambda r: (-r[7], r[0]))  # priority, then id: the claim's order
         return [(OutboundMessage(
             id=mid, account_id=account_id, dest=dest, operator=operator, encoding=encoding,
             parts=_parts(body, parts), priority=priority, msg_class=msg_class, sender=sender,
