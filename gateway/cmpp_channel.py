@@ -130,8 +130,7 @@ class CmppChannel:
         free = 0
         for link in self.links:
             if link.up:
-                stats = link.statistics()
-                free += max(0, INPUT_QUEUE_SIZE - stats.input_queue - stats.retry_queue)
+                free += max(0, INPUT_QUEUE_SIZE - link.queued)
         return free // 2  # leave room for the parts of long messages
 
     def statistics(self) -> dict[str, dict[str, float]]:
@@ -149,13 +148,20 @@ class CmppChannel:
         return out
 
     def _pick(self) -> CmppLink:
+        """The up link with the fewest SUBMITs waiting (the first of equals), or the first link
+        when none is up (it keeps what it is given until it reconnects)."""
+        links = self.links
+        if len(links) == 1:
+            return links[0]
         best = None
-        for link in self.links:
+        best_queued = 0
+        for link in links:
             if not link.up:
                 continue
-            if best is None or link.statistics().input_queue < best.statistics().input_queue:
-                best = link
-        return best or self.links[0]
+            queued = link.queued
+            if best is None or queued < best_queued:
+                best, best_queued = link, queued
+        return best or links[0]
 
     async def submit(self, message: OutboundMessage) -> None:
         self._next_ref = (self._next_ref + 1) % 256

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 
@@ -98,8 +99,9 @@ def default_node_id() -> str:
 class Dispatcher:
     def __init__(self, store: Store, channels: Sequence[Channel], config: DispatcherConfig,
                  metrics: Metrics, *, bus: EventBus | None = None, screen: Screen | None = None,
-                 limits: LimitsConfig | None = None) -> None:
+                 limits: LimitsConfig | None = None, wall_clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._wall_clock = wall_clock  # Unix seconds: what quiet hours are read against
         self._bus = bus or EventBus()
         self._screen = screen
         self.channels = list(channels)
@@ -197,7 +199,7 @@ class Dispatcher:
     def _quiet_check(self) -> bool:
         """Whether quiet hours hold marketing now; a ``quiet_hours`` limit event when they
         begin and every ``QUIET_EVENT_EVERY`` seconds while they last."""
-        now = datetime.now(timezone.utc)
+        now = datetime.fromtimestamp(self._wall_clock(), timezone.utc)
         quiet = self._quiet.active(now)
         if quiet and (not self._quiet_was or trio.current_time() >= self._quiet_next_event):
             wait = self._quiet.remaining(now)

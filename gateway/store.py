@@ -221,10 +221,10 @@ WITH m AS (
                 $15::smallint[])
          AS t(id, account_id, client_ref, dest, operator, body, encoding, parts, priority, class, validity_s,
               callback_url, sender, dlr_url, dlr_mask)
-    RETURNING id, priority
+    RETURNING id, priority, class
 ),
 q AS (
-    INSERT INTO outbound_queue (message_id, priority, not_before) SELECT id, priority, $16 FROM m
+    INSERT INTO outbound_queue (message_id, priority, class, not_before) SELECT id, priority, class, $16 FROM m
 )
 SELECT count(*) FROM m
 """
@@ -305,46 +305,65 @@ async def _aio_accept(pool: asyncpg.Pool, batch: Sequence[AcceptRequest],
 
 # -- routing (migration 0005) -----------------------------------------------------------------
 
+CLAIM_PRIORITIES = (3, 2, 1, 0)
+"""The message priorities (``messages.priority`` is checked to 0..3), in the claim's order."""
+CLAIM_CLASSES = ("transactional", "marketing")
+"""The message classes, in the claim's order within a priority."""
+
 _CLAIM_TEMPLATE = """
 WITH free AS (
-    SELECT q.message_id, q.priority FROM outbound_queue q
-    WHERE q.leased_by IS NULL AND q.not_before <= now() {only}
-    ORDER BY q.priority DESC, q.message_id
+    SELECT f.message_id, f.priority, f.class, f.not_before
+    FROM (VALUES {lanes}) AS lane(priority, class)
+    CROSS JOIN LATERAL (
+        SELECT q.message_id, q.priority, q.class, q.not_before FROM outbound_queue q
+        WHERE q.leased_by IS NULL AND q.priority = lane.priority AND q.class = lane.class
+          AND q.not_before <= now()
+        ORDER BY q.not_before, q.message_id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) f
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
 ),
 lapsed AS (
-    SELECT q.message_id, q.priority FROM outbound_queue q
+    SELECT q.message_id, q.priority, q.class, q.not_before FROM outbound_queue q
     WHERE q.leased_by IS NOT NULL AND q.lease_until < now() {only}
-    ORDER BY q.priority DESC, q.message_id
+    ORDER BY q.priority DESC, q.class DESC, q.not_before, q.message_id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ),
 c AS (
     SELECT message_id FROM (SELECT * FROM free UNION ALL SELECT * FROM lapsed) x
-    ORDER BY priority DESC, message_id
+    ORDER BY priority DESC, class DESC, not_before, message_id
     LIMIT $1
 ),
 u AS (
     UPDATE outbound_queue q
     SET leased_by = $2, lease_until = now() + make_interval(secs => $3), attempts = q.attempts + 1
     WHERE q.message_id = ANY(ARRAY(SELECT message_id FROM c))
-    RETURNING q.message_id, q.attempts, q.last_channel
+    RETURNING q.message_id, q.attempts, q.last_channel, q.class, q.not_before
 )
 SELECT m.id, m.account_id, m.dest, m.operator, m.body, m.encoding, m.parts, m.priority,
        m.class, m.sender, m.expires_at, u.attempts, u.last_channel
 FROM u CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.id = u.message_id OFFSET 0) m
+ORDER BY m.priority DESC, u.class DESC, u.not_before, u.message_id
 """
-# Free rows come from the partial index ``outbound_queue_ready`` in the claim's order, so rows
-# leased by a dispatcher (in flight) are never read; leases that ran out (a node died) from
-# ``outbound_queue_leased``, normally empty. The claimed rows and their messages are then
-# fetched by primary key (``= ANY(ARRAY(...))`` and a LATERAL lookup that the planner cannot
-# turn into a hash join over the whole table), whatever the queue's depth (migration 0011).
-_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(only="")
+# Free rows come from the partial index ``outbound_queue_due`` (migration 0014), one lane
+# (priority, class) after the other: a nested loop over the lanes that stops once it has
+# enough. Each lane's scan starts at its oldest due row and ends at ``not_before <= now()``,
+# an index bound, so rows waiting for a later time are never read, and rows leased by a
+# dispatcher (in flight) are not in that index at all. During quiet hours the marketing lanes
+# are left out, so the marketing rows are not read either. Leases that ran out (a node died)
+# come from ``outbound_queue_leased``, normally empty. The claimed rows and their messages are
+# then fetched by primary key (``= ANY(ARRAY(...))`` and a LATERAL lookup that the planner
+# cannot turn into a hash join over the whole table), whatever the queue's depth.
+# The order: priority, then transactional before marketing ('transactional' > 'marketing'),
+# then the order the messages became due (``not_before``, then id).
+_CLAIM_ROUTABLE = _CLAIM_TEMPLATE.format(
+    lanes=", ".join(f"({p}, '{c}')" for p in CLAIM_PRIORITIES for c in CLAIM_CLASSES), only="")
 """The claim (highest priority first), returning each message's ``last_channel`` too."""
 _CLAIM_ROUTABLE_TRANSACTIONAL = _CLAIM_TEMPLATE.format(
-    only="AND (SELECT mm.class FROM messages mm WHERE mm.id = q.message_id) <> 'marketing'")
-"""The same during quiet hours: marketing messages stay in the queue."""
+    lanes=", ".join(f"({p}, 'transactional')" for p in CLAIM_PRIORITIES), only="AND q.class <> 'marketing'")
+"""The same during quiet hours: marketing messages stay in the queue, unread."""
 
 
 def claim_statement(marketing: bool = True) -> str:
@@ -943,8 +962,8 @@ class Store:
                              marketing: bool = True) -> list[tuple[OutboundMessage, str | None]]:
         """:meth:`claim`, with each message's ``last_channel`` (the channel whose transient
         failure sent it back to the queue, or None)."""
+        # In the claim's order: priority, transactional before marketing, then when due.
         rows = await self.fetch(_CLAIM_ROUTABLE if marketing else _CLAIM_ROUTABLE_TRANSACTIONAL, limit, node, lease)
-        rows.sort(key=lambda r: (-r[7], r[0]))  # priority, then id: the claim's order
         return [(OutboundMessage(
             id=mid, account_id=account_id, dest=dest, operator=operator, encoding=encoding,
             parts=_parts(body, parts), priority=priority, msg_class=msg_class, sender=sender,

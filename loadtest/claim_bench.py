@@ -4,7 +4,8 @@ Starts an embedded PostgreSQL in a temporary directory (or uses ``--database-url
 ``--history`` messages that are already done (not in the queue), ``--queued`` messages waiting
 in it (one in ``--urgent-every`` at priority 2, the rest at 0, a fifth of them marketing),
 and lets another node hold ``--leased`` of them by lease (in flight, as a busy dispatcher
-keeps them). Then:
+keeps them); ``--waiting`` of the free ones, the oldest, wait for a later ``not_before`` (retry
+backoffs, recipients' windows), at the head of the queue where they would hurt most. Then:
 
 1. ``EXPLAIN (ANALYZE, BUFFERS)`` of one claim of ``--batch`` rows, as the dispatcher runs it,
    with and without quiet hours (inside a transaction that is rolled back);
@@ -13,6 +14,7 @@ keeps them). Then:
    and the milliseconds a claim took, by queue depth.
 
     python -m loadtest.claim_bench --queued 25000 --leased 5000
+    python -m loadtest.claim_bench --queued 25000 --leased 5000 --waiting 15000
 
 Prints JSON with ``--json``.
 """
@@ -63,6 +65,11 @@ async def _fill(store: Store, args: argparse.Namespace) -> None:
     if args.leased:
         # Another node's in-flight work: claimed by lease, not yet submitted.
         await store.claim_routable("other-node", args.leased, 3600.0)
+    if args.waiting:
+        await store.execute(
+            "UPDATE outbound_queue SET not_before = now() + interval '1 hour' WHERE message_id IN"
+            " (SELECT message_id FROM outbound_queue WHERE leased_by IS NULL ORDER BY message_id LIMIT $1)",
+            args.waiting)
     await store.execute("VACUUM ANALYZE outbound_queue")
     await store.execute("VACUUM ANALYZE messages")
 
@@ -114,7 +121,8 @@ async def _main(args: argparse.Namespace, url: str) -> dict[str, object]:
                      "claim_quiet_hours": await _explain_rolled_back(store, args.batch, False)}
             t = time.perf_counter()
             drain = await _drain(store, args.batch)
-            return {"queued": args.queued, "leased": args.leased, "history": args.history, "batch": args.batch,
+            return {"queued": args.queued, "leased": args.leased, "waiting": args.waiting,
+                    "history": args.history, "batch": args.batch,
                     "plans": plans, "drain": drain, "drain_seconds": round(time.perf_counter() - t, 2)}
 
 
@@ -122,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.claim_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--queued", type=int, default=25_000, help="messages waiting in the queue")
     parser.add_argument("--leased", type=int, default=5_000, help="of them, held by another node's lease")
+    parser.add_argument("--waiting", type=int, default=0,
+                        help="of the free ones, the oldest wait for a later not_before (an hour on)")
     parser.add_argument("--history", type=int, default=50_000, help="messages already done (not queued)")
     parser.add_argument("--urgent-every", type=int, default=10_000,
                         help="one request of 1,000 at priority 2 every this many messages (0: none)")

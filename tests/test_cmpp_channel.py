@@ -162,3 +162,42 @@ async def test_a_transiently_rejected_part_is_retried_alone(nursery, database_ur
     assert set(parts) == set(range(1, long_zh["parts"] + 1)) and len(parts) == long_zh["parts"] + sim.failed
     history = await gw.store.fetch("SELECT status FROM message_events WHERE message_id = $1", int(long_zh["id"]))
     assert [r["status"] for r in history].count("queued") == 1  # never given back whole
+
+
+async def test_messages_go_to_the_link_with_the_fewest_waiting(nursery):
+    """Each message goes, all its parts together, to the up link with the fewest SUBMITs
+    waiting (``CmppLink.queued``, the first of equals); capacity counts what they can take."""
+    from datetime import datetime, timezone
+
+    from gateway.cmpp.client import INPUT_QUEUE_SIZE
+    from gateway.text import plan
+
+    def msg(i: int, text: str) -> OutboundMessage:
+        p = plan(text)
+        return OutboundMessage(id=i, account_id=1, dest="13800138000", operator="cmcc", encoding=p.encoding,
+                               parts=p.parts, priority=0, msg_class="transactional", sender="",
+                               expires_at=datetime.now(timezone.utc))
+
+    sim = IsmgSimulator(sp_id="901234", secret="s3cret")
+    port = await nursery.start(sim.serve, "127.0.0.1", 0)
+    channel = CmppChannel(cmpp_config(port, connections=2, rate=8.0))  # four SUBMITs a second a link
+    send_events, _receive_events = trio.open_memory_channel(100)
+    await nursery.start(channel.run, send_events)
+    with trio.fail_after(10):
+        while not all(link.up for link in channel.links):
+            await trio.sleep(0.01)
+    a, b = channel.links
+    assert channel.capacity() == INPUT_QUEUE_SIZE  # half of both links' room
+    # Submitting with room in the queues does not yield, so no pump runs in between.
+    await channel.submit(msg(1, "你" * 150))  # three UCS2 parts, all on the first link
+    await channel.submit(msg(2, "one"))
+    await channel.submit(msg(3, "two"))
+    await channel.submit(msg(4, "three"))  # 3 against 2: the second link again
+    assert (a.queued, b.queued) == (3, 3)
+    await channel.submit(msg(5, "four"))  # equals: the first
+    assert (a.queued, b.queued) == (4, 3)
+    assert channel.capacity() == (2 * INPUT_QUEUE_SIZE - 7) // 2
+    with trio.fail_after(10):
+        while a.queued or b.queued or len(sim.recent_submits) < 7:
+            await trio.sleep(0.05)
+    assert a.statistics().submitted == 4 and b.statistics().submitted == 3

@@ -70,3 +70,38 @@ async def test_at_night_the_gateway_sends_codes_and_holds_promotions(nursery, da
     await trio.sleep(0.3)
     assert [m.id for m in channel.submitted] == [int(code["id"])]
     assert await gw.store.fetchval("SELECT status FROM messages WHERE id = $1", int(promo["id"])) == "accepted"
+
+
+async def test_marketing_waits_for_the_end_of_quiet_hours_on_the_dispatchers_clock(store):
+    """The dispatcher reads quiet hours on its wall clock: at 23:00 in Shanghai only the code
+    goes; once the clock reads 08:00 the promotions follow, in order."""
+    from gateway.dispatcher import Dispatcher
+    from gateway.metrics import Metrics
+
+    wall = [at(23).timestamp()]
+    channel = ScriptedChannel()
+    dispatcher = Dispatcher(store, [channel], DispatcherConfig(quiet_hours="21:00-08:00", timezone="Asia/Shanghai",
+                                                               idle_poll=0.02),
+                            Metrics(), wall_clock=lambda: wall[0])
+    account = await store.ensure_account("shop")
+    promos = [AcceptRequest(account_id=account.id, msg_class="marketing", messages=(
+        NewMessage(dest=f"1380013800{i}", operator="cmcc", body="sale", encoding="gsm7", parts=1),)) for i in range(3)]
+    results = await store.accept(promos + [AcceptRequest(account_id=account.id, messages=(
+        NewMessage(dest="13900139000", operator="cmcc", body="code 1234", encoding="gsm7", parts=1),))])
+    promo_ids = [r.messages[0].id for r in results[:3]]
+    code_id = results[3].messages[0].id
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dispatcher.run)
+        with trio.fail_after(10):
+            await channel.got_message.wait()
+        await trio.sleep(0.3)  # many claims at night
+        assert [m.id for m in channel.submitted] == [code_id]
+        assert await store.fetchval("SELECT count(*) FROM outbound_queue WHERE class = 'marketing'"
+                                    " AND leased_by IS NULL") == 3
+        wall[0] = at(8).timestamp()
+        dispatcher.wake()
+        with trio.fail_after(10):
+            while len(channel.submitted) < 4:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert [m.id for m in channel.submitted] == [code_id] + promo_ids

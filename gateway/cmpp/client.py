@@ -261,6 +261,7 @@ class CmppLink:
         self._wall = wall_clock
         self._input_send, self._input_recv = trio.open_memory_channel[SubmitRequest](input_size)
         self._retry: deque[SubmitRequest] = deque()
+        self._input_count = 0  # requests in the input queue, for ``queued`` (its statistics() is dear)
         self._bucket: TokenBucket | None = None  # made in run(), on the run's clock
         self._paused_until = 0.0
         self._fc_backoff = config.flow_control_initial
@@ -298,6 +299,7 @@ class CmppLink:
             self._input_send.send_nowait(request)
         except trio.WouldBlock:
             await self._input_send.send(request)
+        self._input_count += 1
 
     def submit_nowait(self, request: SubmitRequest) -> None:
         """Queue a SUBMIT or raise trio.WouldBlock when the input queue is full.
@@ -306,6 +308,14 @@ class CmppLink:
         bad request fails its caller, never the link that would have framed it."""
         _check_request(request)
         self._input_send.send_nowait(request)
+        self._input_count += 1
+
+    @property
+    def queued(self) -> int:
+        """SUBMITs waiting to go: the input queue and those to send again (after a reconnect
+        or flow control). What a channel compares, per message, to place it on the least busy
+        link; two integers, where :meth:`statistics` builds whole records."""
+        return self._input_count + len(self._retry)
 
     def statistics(self) -> LinkStatistics:
         conn = self._conn
@@ -509,6 +519,7 @@ class CmppLink:
                     self._input_wait = None
                 if request is None:
                     continue
+                self._input_count -= 1
                 if trio.current_time() < self._paused_until or not conn.window_available():
                     self._retry.appendleft(request)
                     continue
@@ -534,6 +545,7 @@ class CmppLink:
                         more = take_input()
                     except trio.WouldBlock:
                         break
+                    self._input_count -= 1
                     if not bucket.try_take(now):
                         retry.appendleft(more)  # first in line once the rate allows
                         break

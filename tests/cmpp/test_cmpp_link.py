@@ -87,6 +87,7 @@ async def test_login_submit_ack_and_status_reports(harness_factory):
             await trio.sleep(0.01)
     stats = link.statistics()
     assert stats.acked == 40 and stats.reports == 40 and stats.window_used == 0
+    assert link.queued == 0  # every request taken from the input queue was counted out
 
 
 async def test_2_0_link(harness_factory):
@@ -305,11 +306,15 @@ async def test_submit_queues_without_waiting_while_there_is_room_and_waits_when_
         coro = link.submit(request(i))
         with pytest.raises(StopIteration):  # finished on its first step: it never yielded
             coro.send(None)
-    assert link.statistics().input_queue == 3
+    assert link.statistics().input_queue == 3 and link.queued == 3
     with trio.move_on_after(0.05) as scope:
         await link.submit(request(3))
     assert scope.cancelled_caught  # full: it waited
     assert link.statistics().input_queue == 3
+    assert link.queued == 3  # the cancelled submit queued nothing
+    with pytest.raises(trio.WouldBlock):
+        link.submit_nowait(request(4))
+    assert link.queued == 3
 
 
 async def test_burst_of_many_windows_each_acked_once_with_its_own_report(harness_factory):
@@ -336,3 +341,21 @@ async def test_burst_of_many_windows_each_acked_once_with_its_own_report(harness
     stats = sim.statistics()
     assert (stats.accepted, stats.duplicates, stats.reports_acked) == (n, 0, n)
     assert link.statistics().window_used == 0
+
+
+async def test_queued_counts_the_input_and_the_requests_to_send_again(harness_factory):
+    """``queued`` (what a channel compares per message) follows the input queue as the pump
+    takes from it, and counts requests waiting to go again after flow control."""
+    h = harness_factory(ThrottlingIsmg(version=0x30, max_rate=20))
+    link = await h.start_link(rate=1000, window=4, flow_control_initial=0.3, flow_control_max=0.3)
+    await h.wait_for(lambda ev: any(isinstance(e, LinkUp) for e in ev))
+    for i in range(30):
+        link.submit_nowait(request(i))
+    assert link.queued == 30
+    with trio.fail_after(10):
+        while not link.statistics().retry_queue:  # the ISMG answered Result 8 to some
+            await trio.sleep(0.005)
+    stats = link.statistics()
+    assert link.queued == stats.input_queue + stats.retry_queue < 30
+    await h.wait_for(lambda ev: len({e.ref for e in ev if isinstance(e, SubmitAcked)}) == 30, timeout=20)
+    assert link.queued == 0 and link.statistics().input_queue == 0
