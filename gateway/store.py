@@ -1345,10 +1345,13 @@ class Store:
         reading = self._queue_stats_reading = trio.Event()
         try:
             started = trio.current_time()
+            # The queue row carries the class; the oldest is the lowest id's (ids are handed out
+            # in increasing blocks), looked up by primary key rather than joined per row.
             rows = await self.fetch(
-                "SELECT m.class, count(*) AS depth,"
-                "       extract(epoch FROM now() - min(m.created_at))::float8 AS oldest"
-                " FROM outbound_queue q JOIN messages m ON m.id = q.message_id GROUP BY m.class")
+                "WITH c AS (SELECT class, count(*) AS depth, min(message_id) AS first"
+                "           FROM outbound_queue GROUP BY class)"
+                " SELECT c.class, c.depth, extract(epoch FROM now() - m.created_at)::float8 AS oldest"
+                " FROM c JOIN messages m ON m.id = c.first")
             took = trio.current_time() - started
             self._queue_stats = {r["class"]: (r["depth"], max(0.0, r["oldest"] or 0.0)) for r in rows}
             self._queue_stats_until = trio.current_time() + max(QUEUE_STATS_MIN_AGE, took / QUEUE_STATS_SHARE)
