@@ -189,7 +189,13 @@ def test_errors_share_the_gateway_base():
         (b"\r\nERROR\r\n", FinalResult.ERROR, None, ""),
         (b"\r\n+CME ERROR: 10\r\n", FinalResult.CME_ERROR, 10, "10"),
         (b"\r\n+CMS ERROR: 500\r\n", FinalResult.CMS_ERROR, 500, "500"),
-        (b"\r\n+CME ERROR: SIM not inserted\r\n", FinalResult.CME_ERROR, None, "SIM not inserted"),
+        (b"\r\n+CME ERROR: SIM not inserted\r\n", FinalResult.CME_ERROR, 10, "SIM not inserted"),
+        (b"\r\n+CME ERROR: SIM busy\r\n", FinalResult.CME_ERROR, 14, "SIM busy"),
+        (b"\r\n+CMS ERROR: (U)SIM busy\r\n", FinalResult.CMS_ERROR, 314, "(U)SIM busy"),
+        (b"\r\n+CMS ERROR: Invalid PDU mode parameter\r\n", FinalResult.CMS_ERROR, 304,
+         "Invalid PDU mode parameter"),
+        (b"\r\n+CMS ERROR: unknown error\r\n", FinalResult.CMS_ERROR, 500, "unknown error"),
+        (b"\r\n+CME ERROR: vendor says no\r\n", FinalResult.CME_ERROR, None, "vendor says no"),
         (b"\r\nNO CARRIER\r\n", FinalResult.NO_CARRIER, None, ""),
         (b"\r\nCOMMAND NOT SUPPORT\r\n", FinalResult.COMMAND_NOT_SUPPORT, None, ""),
     ],
@@ -677,3 +683,47 @@ def test_registration_answer_found_among_unsolicited_creg_lines():
     stream = b'\r\n+CREG: 5\r\n+CREG: 2,1,"A1B2","00C3"\r\n+CREG: 1,"A1B2","00C4"\r\n\r\nOK\r\n'
     (event,) = run(QueryRegistration(), stream)
     assert event == CommandCompleted(QueryRegistration(), Registration(2, 1, "A1B2", "00C3"))
+
+
+# --------------------------------------------------------------------------- noise between header and PDU
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_vendor_noise_between_cmgr_header_and_its_pdu_line(chunk):
+    stream = (
+        b"\r\n+CMGR: 0,,30\r\n\r\n^RSSI:17\r\n\r\n+CREG: 1\r\n\r\n"
+        + DELIVER_HEX.encode()
+        + b"\r\n\r\nOK\r\n"
+    )
+    events = run(ReadMessage(3), stream, chunk)
+    assert events == [
+        VendorNotice("^RSSI", "17"),
+        Unsolicited("+CREG", "1"),
+        CommandCompleted(ReadMessage(3), StoredMessage(3, 0, "", 30, DELIVER_HEX)),
+    ]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_noise_inside_a_cmgl_answer_between_header_and_pdu(chunk):
+    stream = (
+        b"\r\n+CMGL: 1,1,,30\r\n^MODE:5,4\r\n" + DELIVER_HEX.encode()
+        + b"\r\n\r\nRING\r\n+CMGL: 2,0,,30\r\n\r\n" + DELIVER_HEX.encode()
+        + b"\r\n\r\nOK\r\n"
+    )
+    events = run(ListMessages(), stream, chunk)
+    assert events[:2] == [VendorNotice("^MODE", "5,4"), Ring()]
+    assert events[2] == CommandCompleted(ListMessages(), MessageList((
+        StoredMessage(1, 1, "", 30, DELIVER_HEX), StoredMessage(2, 0, "", 30, DELIVER_HEX),
+    )))
+
+
+def test_cmgr_header_then_ok_without_pdu_is_malformed_not_hung():
+    events = run(ReadMessage(3), b"\r\n+CMGR: 0,,30\r\n^RSSI:3\r\n\r\nOK\r\n")
+    assert isinstance(events[-1], ResponseMalformed)
+    assert "PDU line" in events[-1].reason
+
+
+def test_vendor_noise_between_cmt_header_and_its_pdu_line():
+    stream = b'\r\n+CMT: ,30\r\n^RSSI:9\r\n' + DELIVER_HEX.encode() + b"\r\n"
+    events = feed(AtConnection(), stream)
+    assert events == [VendorNotice("^RSSI", "9"), IncomingDeliver("", 30, DELIVER_HEX)]
