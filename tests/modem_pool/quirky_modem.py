@@ -226,7 +226,8 @@ class QuirkyModem:
         elif upper == "AT+CSQ":
             await self._answer([b"+CSQ: 21,99"])
         elif upper == "AT+CREG?":
-            await self._answer([b"+CREG: 0,1"])
+            # an unsolicited "+CREG: <stat>" lands among the answer's lines
+            await self._answer([b"+CREG: 1", b"+CREG: 0,1"] if self.quirks.noise else [b"+CREG: 0,1"])
         elif upper.startswith("AT+CMGL="):
             lines = []
             for index, (stat, pdu) in sorted(self.storage.items()):
