@@ -630,6 +630,13 @@ class ModemPool:
             if isinstance(registration, Registration):
                 was = slot.healthy
                 slot.registered = registration.registered
+                if slot.registered and slot.consecutive_errors:
+                    # The poll succeeded: a modem benched for send errors is tried again.
+                    logger.info(
+                        "modem back in rotation modem=%s errors=%d",
+                        slot.spec.name, slot.consecutive_errors,
+                    )
+                    slot.consecutive_errors = 0
                 if slot.healthy != was:
                     self._notify()
 

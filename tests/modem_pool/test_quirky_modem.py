@@ -14,6 +14,7 @@ from gateway.modem_pool.errors import ModemError
 from gateway.modem_pool.modem import Modem
 from gateway.modem_pool.pdu import Alphabet, StatusClass
 from gateway.modem_pool.pool import (
+    MAX_CONSECUTIVE_ERRORS,
     ModemDown,
     ModemMo,
     ModemPool,
@@ -60,13 +61,14 @@ async def open_modem(device):
 
 
 @asynccontextmanager
-async def running_pool(quirky_modems, operators=("cucc",)):
+async def running_pool(quirky_modems, operators=("cucc",), health_interval=3600.0):
     specs = [
         ModemSpec(name=q.link.name, device=str(q.link), operators=frozenset(operators),
                   rate_per_minute=600.0)
         for q in quirky_modems
     ]
-    pool = ModemPool(specs, health_interval=3600.0, command_timeout=5.0, send_timeout=10.0)
+    pool = ModemPool(specs, health_interval=health_interval, command_timeout=5.0,
+                     send_timeout=10.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         up = set()
@@ -244,3 +246,26 @@ async def test_vanishing_mid_send_fails_over_and_rejoins(nursery, tmp_path):
             assert up.modem == "q1"
     assert [s.text for s in second.sent] == ["failover please"]
     assert first.sent == [] and first.sends_seen == 1
+
+
+async def test_consecutive_errors_bench_a_modem_until_a_health_poll_succeeds(nursery, tmp_path):
+    quirky = await start_quirky(
+        nursery, tmp_path, send_errors=[b"+CMS ERROR: 500"] * MAX_CONSECUTIVE_ERRORS
+    )
+    with trio.fail_after(DEADLINE):
+        async with running_pool([quirky], health_interval=8.0) as pool:
+            for ref in range(MAX_CONSECUTIVE_ERRORS):
+                await pool.send(request(ref, f"attempt {ref}"))
+                failed = await next_event(pool, SendFailed)
+                assert (failed.ref, failed.cms_code) == (ref, 500)
+            assert pool.usable == 0
+            assert pool.statistics()[0].consecutive_errors == MAX_CONSECUTIVE_ERRORS
+            await pool.send(request(100, "while benched"))
+            failed = await next_event(pool, SendFailed)
+            assert failed.ref == 100 and failed.transient and failed.cms_code is None
+            while pool.usable == 0:  # the next AT+CSQ / AT+CREG? poll puts it back
+                await trio.sleep(0.1)
+            await pool.send(request(101, "after the poll"))
+            sent = await next_event(pool, PartSent)
+            assert sent.ref == 101
+    assert [s.text for s in quirky.sent] == ["after the poll"]
