@@ -53,6 +53,8 @@ class Quirks:
     indications_during_send: bool = True
     mo_during_send: list[str] = field(default_factory=list)
     """SMS-DELIVER PDUs (hex) stored and announced with ``+CMTI`` during the next sends."""
+    vanish_on_command: str | None = None
+    """Close the pty, once, when a command starting with this arrives, without an answer."""
     vanish_on_send: int | None = None
     """Close the pty when this (1-based) ``AT+CMGS`` body arrives, without an answer."""
 
@@ -203,6 +205,12 @@ class QuirkyModem:
     async def _command(self, text: str) -> None:
         self.commands.append(text)
         upper = text.upper()
+        vanish = self.quirks.vanish_on_command
+        if vanish is not None and upper.startswith(vanish):
+            self.quirks.vanish_on_command = None
+            await self._write(b"\r\n+CMGL: 1,")  # half an answer, then the device is gone
+            self.unplug()
+            await trio.sleep_forever()
         for prefix in self.quirks.reject:
             if upper.startswith(prefix):
                 await self._answer([], b"ERROR")

@@ -91,7 +91,7 @@ async def next_event(pool, *kinds):
 
 
 async def test_initialize_through_echo_noise_and_slow_split_answers(nursery, tmp_path):
-    quirky = await start_quirky(nursery, tmp_path)
+    quirky = await start_quirky(nursery, tmp_path, delay=0.4, chunk=1)  # byte by byte
     with trio.fail_after(DEADLINE):
         async with open_modem(quirky.link) as modem:
             status = await modem.initialize()
@@ -269,3 +269,25 @@ async def test_consecutive_errors_bench_a_modem_until_a_health_poll_succeeds(nur
             sent = await next_event(pool, PartSent)
             assert sent.ref == 101
     assert [s.text for s in quirky.sent] == ["after the poll"]
+
+
+async def test_vanishing_while_listing_the_sim_at_start_loses_no_message(nursery, tmp_path):
+    quirky = await start_quirky(nursery, tmp_path, vanish_on_command="AT+CMGL")
+    index = quirky.store(deliver_pdu("+8613900000003", "2", datetime(2025, 5, 1, tzinfo=CST)))
+    spec = ModemSpec(name="q1", device=str(quirky.link), operators=frozenset({"cucc"}),
+                     rate_per_minute=600.0)
+    pool = ModemPool([spec], health_interval=3600.0, command_timeout=5.0)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as inner:
+            await inner.start(pool.run)
+            assert isinstance(await pool.events.receive(), ModemUp)
+            down = await next_event(pool, ModemDown)
+            assert down.modem == "q1" and "unavailable" in down.reason
+            quirky.replug()
+            mo = await next_event(pool, ModemMo)
+            assert (mo.sender, mo.text) == ("+8613900000003", "2")
+            mo.ack()
+            while index in quirky.storage:
+                await trio.sleep(0.05)
+            inner.cancel_scope.cancel()
+    assert quirky.deleted == [index]
