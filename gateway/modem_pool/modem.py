@@ -36,6 +36,7 @@ from gateway.modem_pool.at import (
     QueryPin,
     QueryRegistration,
     QuerySignal,
+    QueryStorage,
     ReadMessage,
     Registration,
     ReportErrors,
@@ -265,7 +266,13 @@ class Modem:
                 raise ModemError(f"{self.name}: SIM not ready ({pin.code})")
             await self.command(EnterPin(self._pin))
         await self.command(SelectPduMode())
-        storage = _expect(await self.command(SelectStorage()), StorageStatus)
+        try:
+            storage = _expect(await self.command(SelectStorage()), StorageStatus)
+        except CommandError as exc:
+            # Some firmware takes no AT+CPMS arguments (or not these): its own storage, as
+            # AT+CPMS? reports it, is where new messages go and where AT+CMGR/L/D look.
+            logger.warning("modem rejected AT+CPMS modem=%s error=%s", self.name, exc)
+            storage = _expect(await self.command(QueryStorage()), StorageStatus)
         await self._set_indications()
         own_number = None
         try:

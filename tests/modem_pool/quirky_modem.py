@@ -226,6 +226,9 @@ class QuirkyModem:
             await self._answer([])
         elif upper == "AT+CPIN?":
             await self._answer([b"+CPIN: READY"])
+        elif upper == "AT+CPMS?":
+            used = len(self.storage)
+            await self._answer([f'+CPMS: "SM",{used},30,"SM",{used},30,"SM",{used},30'.encode()])
         elif upper.startswith("AT+CPMS="):
             used = str(len(self.storage)).encode()
             await self._answer([b"+CPMS: " + b",".join([used, b"30"] * 3)])

@@ -124,6 +124,16 @@ async def test_rejected_cmee_does_not_stop_start_up(nursery, tmp_path, caplog):
     assert any("AT+CMEE=1" in r.getMessage() for r in caplog.records)
 
 
+async def test_rejected_cpms_arguments_fall_back_to_the_modems_own_storage(nursery, tmp_path):
+    quirky = await start_quirky(nursery, tmp_path, reject=("AT+CSCS", "AT+CPMS="))
+    quirky.store(deliver_pdu("+8613900000001", "hi", datetime(2025, 5, 1, tzinfo=CST)))
+    with trio.fail_after(DEADLINE):
+        async with open_modem(quirky.link) as modem:
+            status = await modem.initialize()
+    assert [(a.name, a.used, a.total) for a in status.storage.areas] == [("SM", 1, 30)] * 3
+    assert "AT+CPMS?" in quirky.commands
+
+
 async def test_cnmi_settings_rejected_falls_back_to_cdsi(nursery, tmp_path):
     preferred = SetIndications().text
     quirky = await start_quirky(nursery, tmp_path, reject=("AT+CSCS", preferred))
