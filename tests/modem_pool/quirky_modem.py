@@ -53,6 +53,8 @@ class Quirks:
     indications_during_send: bool = True
     mo_during_send: list[str] = field(default_factory=list)
     """SMS-DELIVER PDUs (hex) stored and announced with ``+CMTI`` during the next sends."""
+    report_storage: str = "SM"
+    """Where status reports are stored and announced (``+CDSI: "SR",n`` on many sticks)."""
     vanish_on_command: str | None = None
     """Close the pty, once, when a command starting with this arrives, without an answer."""
     vanish_on_send: int | None = None
@@ -95,7 +97,9 @@ class QuirkyModem:
         self.link = Path(link)
         self.number = number
         self.quirks = quirks or Quirks()
-        self.storage: dict[int, tuple[int, str]] = {}  # index -> (stat, pdu hex)
+        self.storage: dict[int, tuple[int, str]] = {}  # "SM": index -> (stat, pdu hex)
+        self.report_store: dict[int, tuple[int, str]] = {}  # "SR", when reports go there
+        self.mem1 = "SM"
         self.sent: list[Sent] = []
         self.commands: list[str] = []
         self.deleted: list[int] = []
@@ -113,6 +117,9 @@ class QuirkyModem:
         self._next_index += 1
         self.storage[index] = (stat, pdu)
         return index
+
+    def _memory(self) -> dict[int, tuple[int, str]]:
+        return self.storage if self.mem1 == "SM" else self.report_store
 
     def unplug(self) -> None:
         self._unplug.set()
@@ -230,7 +237,8 @@ class QuirkyModem:
             used = len(self.storage)
             await self._answer([f'+CPMS: "SM",{used},30,"SM",{used},30,"SM",{used},30'.encode()])
         elif upper.startswith("AT+CPMS="):
-            used = str(len(self.storage)).encode()
+            self.mem1 = upper.partition("=")[2].split(",")[0].strip('"')
+            used = str(len(self._memory())).encode()
             await self._answer([b"+CPMS: " + b",".join([used, b"30"] * 3)])
         elif upper == "AT+CNUM":
             await self._answer([b'+CNUM: "","' + self.number.encode() + b'",145'])
@@ -241,21 +249,21 @@ class QuirkyModem:
             await self._answer([b"+CREG: 1", b"+CREG: 0,1"] if self.quirks.noise else [b"+CREG: 0,1"])
         elif upper.startswith("AT+CMGL="):
             lines = []
-            for index, (stat, pdu) in sorted(self.storage.items()):
+            for index, (stat, pdu) in sorted(self._memory().items()):
                 lines.append(f"+CMGL: {index},{stat},,{len(pdu) // 2 - 1}".encode())
                 lines.append(pdu.encode())
             await self._answer(lines)
         elif upper.startswith("AT+CMGR="):
             index = int(upper.partition("=")[2])
-            if index not in self.storage:
+            if index not in self._memory():
                 await self._answer([], b"+CMS ERROR: 321")
                 return
-            stat, pdu = self.storage[index]
+            stat, pdu = self._memory()[index]
             await self._answer([f"+CMGR: {stat},,{len(pdu) // 2 - 1}".encode(), pdu.encode()])
         elif upper.startswith("AT+CMGD="):
             index = int(upper.partition("=")[2].partition(",")[0])
-            self.storage.pop(index, None)
-            self.deleted.append(index)
+            self._memory().pop(index, None)
+            self.deleted.append(index if self.mem1 == "SM" else (self.mem1, index))
             await self._answer([])
         else:
             await self._answer([], b"ERROR")
@@ -295,8 +303,15 @@ class QuirkyModem:
         await trio.sleep(self.quirks.delay)
         if self.quirks.indications_during_send:
             # a status report stored and announced before this send's own answer
-            index = self.store(status_report_pdu(mr, decoded["number"], 0x00, datetime.now(CST)))
-            await self._write(f'\r\n+CDSI: "SM",{index}\r\n'.encode())
+            report = status_report_pdu(mr, decoded["number"], 0x00, datetime.now(CST))
+            if self.quirks.report_storage == "SM":
+                index = self.store(report)
+            else:
+                index = len(self.report_store) + 1
+                while index in self.report_store:
+                    index += 1
+                self.report_store[index] = (0, report)
+            await self._write(f'\r\n+CDSI: "{self.quirks.report_storage}",{index}\r\n'.encode())
         if self.quirks.mo_during_send:
             index = self.store(self.quirks.mo_during_send.pop(0))
             await self._write(f'\r\n+CMTI: "SM",{index}\r\n'.encode())

@@ -301,3 +301,19 @@ async def test_vanishing_while_listing_the_sim_at_start_loses_no_message(nursery
                 await trio.sleep(0.05)
             inner.cancel_scope.cancel()
     assert quirky.deleted == [index]
+
+
+async def test_status_reports_announced_in_the_sr_storage_are_read_there(nursery, tmp_path):
+    quirky = await start_quirky(nursery, tmp_path, report_storage="SR")
+    with trio.fail_after(DEADLINE):
+        async with running_pool([quirky]) as pool:
+            await pool.send(request(1, "report from SR"))
+            sent = await next_event(pool, PartSent)
+            report = await next_event(pool, ModemReport)
+            assert (report.tp_mr, report.status) == (sent.tp_mr, StatusClass.DELIVERED)
+            while quirky.report_store or quirky.mem1 != "SM":
+                await trio.sleep(0.05)
+            await pool.send(request(2, "and the SIM is read again after"))
+            assert (await next_event(pool, PartSent)).ref == 2
+    assert ("SR", 1) in quirky.deleted
+    assert [s.text for s in quirky.sent] == ["report from SR", "and the SIM is read again after"]
