@@ -437,3 +437,54 @@ def test_property_our_status_reports_decode_in_the_library(
     rebuilt = status_report_pdu(mr, "+86" + national_digits, scts, dt, status)
     assert rebuilt == pdu
     assert decode_incoming(rebuilt) == decode_status_report(pdu)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.one_of(
+        # 76 characters, even all from the extension table, fit with a 7-octet UDH
+        st.text(alphabet=GSM_BASIC + GSM_EXTENSION, min_size=0, max_size=76),
+        st.text(
+            alphabet=st.one_of(
+                st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF),
+                st.sampled_from("，。!? 0123"),
+            ),
+            min_size=0, max_size=60,
+        ),
+    ),
+    sender=st.one_of(
+        st.from_regex(r"\+861[3-9][0-9]{9}", fullmatch=True),
+        st.from_regex(r"1[3-9][0-9]{9}", fullmatch=True),
+        st.from_regex(r"10[0-9]{3,10}", fullmatch=True),
+    ),
+    quarters=st.integers(-48, 56),
+    seconds=st.integers(0, 10**9),
+    concat=st.one_of(
+        st.none(),
+        st.tuples(st.integers(0, 0xFFFF), st.integers(2, 255), st.integers(1, 255)),
+    ),
+)
+def test_property_delivers_built_from_the_library_decode_in_ours(
+    text, sender, quarters, seconds, concat
+):
+    when = (datetime(2020, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds)).astimezone(
+        timezone(timedelta(minutes=15 * quarters))
+    )
+    udh = b""
+    expected_concat = None
+    if concat is not None:
+        ref, total, seq = concat
+        seq = min(seq, total)
+        ie = gsmpdu.Concatenation()
+        ie.reference, ie.parts, ie.number = ref, total, seq
+        raw = bytes(ie.encode())
+        udh = bytes((len(raw),)) + raw
+        expected_concat = Concat(ref=ref, total=total, seq=seq, ref16=ref > 0xFF)
+    ucs2 = not gsm7.fits(text)
+    pdu = deliver_pdu(address_field(sender), when, text=text, ucs2=ucs2, udh=udh)
+    ours = decode_deliver(pdu)
+    assert str(ours.originator) == sender
+    assert ours.scts == when and ours.scts.utcoffset() == when.utcoffset()
+    assert ours.text == text
+    assert ours.user_data.alphabet is (Alphabet.UCS2 if ucs2 else Alphabet.GSM7)
+    assert ours.user_data.concat == expected_concat
