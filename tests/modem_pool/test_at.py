@@ -727,3 +727,47 @@ def test_vendor_noise_between_cmt_header_and_its_pdu_line():
     stream = b'\r\n+CMT: ,30\r\n^RSSI:9\r\n' + DELIVER_HEX.encode() + b"\r\n"
     events = feed(AtConnection(), stream)
     assert events == [VendorNotice("^RSSI", "9"), IncomingDeliver("", 30, DELIVER_HEX)]
+
+
+_INTERJECTIONS = [
+    (b"^RSSI:17", VendorNotice("^RSSI", "17")),
+    (b"^BOOT:12345678,0,0,0,6", VendorNotice("^BOOT", "12345678,0,0,0,6")),
+    (b"^MODE:5,4", VendorNotice("^MODE", "5,4")),
+    (b"RING", Ring()),
+    (b"+CREG: 1", Unsolicited("+CREG", "1")),
+    (b'+CMTI: "SM",9', NewMessage("SM", 9)),
+    (b'+CDSI: "SR",2', NewStatusReport("SR", 2)),
+    (b"", None),
+]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    noise=st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from(range(len(_INTERJECTIONS)))), max_size=6
+    ),
+    chunk=st.integers(1, 40),
+)
+def test_property_interjections_anywhere_in_a_cmgl_answer(noise, chunk):
+    """Unsolicited codes at any line boundary of a listing, in any chunking, are routed and
+    the listing is whole (TS 27.005 §3.4.2; the codes per §3.4.1 and vendor ``^``)."""
+    lines = [b"+CMGL: 1,1,,30", DELIVER_HEX.encode(), b"+CMGL: 4,0,,30", DELIVER_HEX.encode()]
+    slots: dict[int, list[int]] = {}
+    for position, which in noise:
+        slots.setdefault(position, []).append(which)
+    stream = b"\r\n"
+    expected = []
+    for position in range(len(lines) + 1):
+        for which in slots.get(position, []):
+            raw, event = _INTERJECTIONS[which]
+            stream += raw + b"\r\n"
+            if event is not None:
+                expected.append(event)
+        if position < len(lines):
+            stream += lines[position] + b"\r\n"
+    stream += b"\r\nOK\r\n"
+    events = run(ListMessages(), stream, chunk)
+    assert events[:-1] == expected
+    assert events[-1] == CommandCompleted(ListMessages(), MessageList((
+        StoredMessage(1, 1, "", 30, DELIVER_HEX), StoredMessage(4, 0, "", 30, DELIVER_HEX),
+    )))
