@@ -571,7 +571,12 @@ class ModemPool:
                 await self._emit(ModemDown(modem=name, reason=reason))
                 backoff = REOPEN_BACKOFF_MIN
             else:
-                logger.info("modem unavailable modem=%s reason=%s retry_in=%.0f", name, reason, backoff)
+                # A device not (yet) there is routine; a modem that answers but will not start
+                # (SIM not ready, indications refused) wants someone's attention.
+                level = logging.INFO if reason.startswith(("unavailable", "hung")) else logging.WARNING
+                logger.log(
+                    level, "modem unavailable modem=%s reason=%s retry_in=%.0f", name, reason, backoff
+                )
             await trio.sleep(REOPEN_BACKOFF_MIN if hung else backoff)
             if not hung and not was_up:
                 backoff = min(REOPEN_BACKOFF_MAX, backoff * 2)

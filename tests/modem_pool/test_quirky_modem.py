@@ -317,3 +317,18 @@ async def test_status_reports_announced_in_the_sr_storage_are_read_there(nursery
             assert (await next_event(pool, PartSent)).ref == 2
     assert ("SR", 1) in quirky.deleted
     assert [s.text for s in quirky.sent] == ["report from SR", "and the SIM is read again after"]
+
+
+async def test_pool_logs_why_a_modem_refusing_every_cnmi_stays_out(nursery, tmp_path, caplog):
+    quirky = await start_quirky(nursery, tmp_path, reject=("AT+CSCS", "AT+CNMI"))
+    spec = ModemSpec(name="q1", device=str(quirky.link), operators=frozenset({"cucc"}))
+    pool = ModemPool([spec], command_timeout=5.0)
+    with caplog.at_level(logging.WARNING, logger="gateway.modem_pool"), trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as inner:
+            await inner.start(pool.run)
+            while not any("AT+CNMI rejected" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.1)
+            assert pool.usable == 0
+            inner.cancel_scope.cancel()
+    (record,) = [r for r in caplog.records if "AT+CNMI rejected" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "modem=q1" in record.getMessage()
