@@ -182,6 +182,25 @@ class CmeError(enum.IntEnum):
     UNKNOWN = 100
 
 
+# Verbose error texts (AT+CMEE=2, or a modem that answers verbosely whatever it is told) that
+# are spelt differently from the member names above (TS 27.005 §3.2.5, TS 27.007 §9.2.1).
+_VERBOSE_ALIASES = {
+    "SMS_SERVICE_OF_ME_RESERVED": "SMS_SERVICE_RESERVED",
+    "NO_CNMA_ACKNOWLEDGEMENT_EXPECTED": "NO_CNMA_EXPECTED",
+}
+
+
+def _verbose_code(detail: str, cme: bool) -> int | None:
+    """The numeric code of a verbose ``+CME``/``+CMS ERROR`` text, when it is a known one."""
+    key = re.sub(r"[^A-Z0-9]+", "_", detail.upper().replace("(U)", "")).strip("_")
+    key = _VERBOSE_ALIASES.get(key, key)
+    if cme:
+        member = CmeError.__members__.get("UNKNOWN" if key == "UNKNOWN_ERROR" else key)
+    else:
+        member = CmsError.__members__.get("UNKNOWN_ERROR" if key == "UNKNOWN" else key)
+    return int(member) if member is not None else None
+
+
 class RegistrationStat(enum.IntEnum):
     """``<stat>`` of ``+CREG`` (TS 27.007 §7.2)."""
 
@@ -432,6 +451,18 @@ def _check_command_text(text: str) -> None:
         raise LocalProtocolError(f"command longer than {MAX_COMMAND_LENGTH} characters")
     if not text.isascii() or any(not (0x20 <= ord(c) < 0x7F) for c in text):
         raise LocalProtocolError(f"command must be printable ASCII: {text!r}")
+
+
+def _line_name(text: str) -> str:
+    return text.partition(":")[0].strip().upper()
+
+
+def _interjection(text: str) -> bool:
+    """Whether ``text`` may be an unsolicited code interjected between a ``+CMGR``/``+CMGL``
+    or ``+CMT``/``+CDS`` header and its PDU line: not a final result code, not hex."""
+    if text.upper() in _BARE_FINALS or _line_name(text) in ("+CME ERROR", "+CMS ERROR"):
+        return False
+    return not _is_hex(text)
 
 
 class Command:
@@ -1171,21 +1202,28 @@ class AtConnection:
 
         if self._urc_header is not None:
             kind, alpha, length = self._urc_header
-            self._urc_header = None
             if _is_hex(text):
+                self._urc_header = None
                 if kind == "+CMT":
                     self._unsolicited(IncomingDeliver(alpha=alpha, length=length, pdu=text.upper()))
                 else:
                     self._unsolicited(IncomingStatusReport(length=length, pdu=text.upper()))
                 return
-            self._garbage(kind.encode(), f"{kind} header without its PDU line")
+            if not _interjection(text) or _line_name(text) in _URC_NAMES:
+                self._urc_header = None
+                self._garbage(kind.encode(), f"{kind} header without its PDU line")
+            # else vendor noise between the header and its PDU line: the PDU still follows
 
         if flight is not None and flight.expect_pdu:
-            flight.expect_pdu = False
             if _is_hex(text):
+                flight.expect_pdu = False
                 self._collect(flight, text)
                 return
-            flight.problem = f"{flight.command.prefix} header without its PDU line"
+            if not _interjection(text) or _line_name(text) == flight.command.prefix:
+                flight.expect_pdu = False
+                flight.problem = f"{flight.command.prefix} header without its PDU line"
+            # else an unsolicited code between a header and its PDU line (seen on Huawei
+            # and ZTE sticks): routed below, and the PDU line is still awaited
 
         if self._final(text, flight):
             return
@@ -1272,6 +1310,8 @@ class AtConnection:
             detail = text.partition(":")[2].strip()
             if detail.isascii() and detail.isdigit():
                 code = int(detail)
+            else:
+                code = _verbose_code(detail, cme)
         if flight is None:
             self._garbage(text.encode(), "result code with no command in flight")
             return True

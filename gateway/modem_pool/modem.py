@@ -36,6 +36,7 @@ from gateway.modem_pool.at import (
     QueryPin,
     QueryRegistration,
     QuerySignal,
+    QueryStorage,
     ReadMessage,
     Registration,
     ReportErrors,
@@ -72,6 +73,9 @@ _R = TypeVar("_R")
 
 __all__ = [
     "ABANDON_TIMEOUT",
+    "INDICATION_SETTINGS",
+    "SIM_BUSY_ATTEMPTS",
+    "SIM_BUSY_WAIT",
     "MAX_PENDING_UNSOLICITED",
     "RESYNC_QUIET",
     "SYNC_ATTEMPTS",
@@ -92,6 +96,19 @@ ABANDON_TIMEOUT = 1.0
 #: drain as garbage) before the next command, so a late ``OK`` cannot complete it.
 RESYNC_QUIET = 0.25
 _RESPONSE_QUEUE = 4
+#: ``AT+CPIN?`` tries while the SIM answers "busy" after power-up, and the wait between.
+SIM_BUSY_ATTEMPTS = 10
+SIM_BUSY_WAIT = 0.5
+_SIM_BUSY = frozenset({14, 314})  # +CME ERROR: SIM busy, +CMS ERROR: (U)SIM busy
+#: ``AT+CNMI`` settings tried in order (TS 27.005 §3.4.1): status reports routed as
+#: ``+CDS`` (ds=1) or stored and announced as ``+CDSI`` (ds=2); mode 2 buffers indications
+#: while the link is busy, mode 1 discards them then (messages stay stored on the SIM).
+INDICATION_SETTINGS = (
+    SetIndications(mode=2, mt=1, ds=1),
+    SetIndications(mode=2, mt=1, ds=2),
+    SetIndications(mode=1, mt=1, ds=1),
+    SetIndications(mode=1, mt=1, ds=2),
+)
 
 
 def _expect(response: Response, kind: type[_R]) -> _R:
@@ -238,15 +255,25 @@ class Modem:
         else:
             raise ModemUnavailable(f"{self.name}: no answer to AT")
         await self.command(SetEcho(on=False))
-        await self.command(ReportErrors(1))
-        pin = _expect(await self.command(QueryPin()), PinState)
+        try:
+            await self.command(ReportErrors(1))
+        except CommandError as exc:
+            # Errors then come as a bare ERROR, without their codes; the modem still works.
+            logger.warning("modem rejected AT+CMEE=1 modem=%s error=%s", self.name, exc)
+        pin = await self._query_pin()
         if not pin.ready:
             if pin.code != "SIM PIN" or self._pin is None:
                 raise ModemError(f"{self.name}: SIM not ready ({pin.code})")
             await self.command(EnterPin(self._pin))
         await self.command(SelectPduMode())
-        storage = _expect(await self.command(SelectStorage()), StorageStatus)
-        await self.command(SetIndications())
+        try:
+            storage = _expect(await self.command(SelectStorage()), StorageStatus)
+        except CommandError as exc:
+            # Some firmware takes no AT+CPMS arguments (or not these): its own storage, as
+            # AT+CPMS? reports it, is where new messages go and where AT+CMGR/L/D look.
+            logger.warning("modem rejected AT+CPMS modem=%s error=%s", self.name, exc)
+            storage = _expect(await self.command(QueryStorage()), StorageStatus)
+        await self._set_indications()
         own_number = None
         try:
             numbers = _expect(await self.command(QueryOwnNumber()), OwnNumbers)
@@ -264,6 +291,42 @@ class Modem:
             registration.registered,
         )
         return ModemStatus(own_number, signal, registration, storage)
+
+    async def _query_pin(self) -> PinState:
+        """``AT+CPIN?``, waiting out a SIM still busy after power-up (CME 14, CMS 314)."""
+        for attempt in range(1, SIM_BUSY_ATTEMPTS + 1):
+            try:
+                return _expect(await self.command(QueryPin()), PinState)
+            except CommandError as exc:
+                if exc.code not in _SIM_BUSY or attempt == SIM_BUSY_ATTEMPTS:
+                    raise
+                logger.info("modem sim busy modem=%s attempt=%d", self.name, attempt)
+                await trio.sleep(SIM_BUSY_WAIT)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _set_indications(self) -> SetIndications:
+        """``AT+CNMI``: the first of :data:`INDICATION_SETTINGS` the modem accepts.
+
+        Modems differ in the ``<mode>``/``<ds>`` pairs they take; every setting tried gives
+        ``+CMTI`` for new messages and ``+CDS`` or ``+CDSI`` for status reports.
+        """
+        errors = []
+        for setting in INDICATION_SETTINGS:
+            try:
+                await self.command(setting)
+            except CommandError as exc:
+                errors.append(str(exc))
+                continue
+            if errors:
+                logger.warning(
+                    "modem indications fallback modem=%s setting=%s rejected=%s",
+                    self.name, setting.text, "; ".join(errors),
+                )
+            return setting
+        raise ModemError(
+            f"{self.name}: AT+CNMI rejected for every setting tried, so new messages and "
+            f"status reports would go unannounced ({'; '.join(errors)})"
+        )
 
     async def send_pdu(self, pdu: bytes) -> int:
         """``AT+CMGS`` with a full PDU (SMSC prefix included); returns the TP-MR."""

@@ -49,10 +49,16 @@ from gateway.modem_pool.at import (
     QuerySignal,
     RawCommand,
     Registration,
+    SelectStorage,
     SetIndications,
     SignalQuality,
 )
-from gateway.modem_pool.errors import CommandError, ModemError, ModemUnavailable
+from gateway.modem_pool.errors import (
+    CommandError,
+    LocalProtocolError,
+    ModemError,
+    ModemUnavailable,
+)
 from gateway.modem_pool.modem import Modem
 from gateway.modem_pool.policy import Candidate, DailyCount, TokenBucket, choose, local_day
 from gateway.modem_pool.pdu import (
@@ -80,6 +86,7 @@ __all__ = [
     "INIT_TIMEOUT",
     "MAX_CONSECUTIVE_ERRORS",
     "QUEUE_ALLOWANCE",
+    "READ_STORAGE",
     "REOPEN_BACKOFF_MAX",
     "REOPEN_BACKOFF_MIN",
     "SEND_TIMEOUT",
@@ -123,6 +130,8 @@ DEFAULT_TIMEZONE = "Asia/Shanghai"
 _RECHECK = 1.0
 #: Seconds a directly routed MO (``+CMT``) waits for the consumer's ack before ``AT+CNMA``.
 CNMA_WAIT = 5.0
+#: The storage AT+CPMS selects for reading and deleting at start-up (the SIM).
+READ_STORAGE = "SM"
 #: TP-VP relative validity asked of the SMSC: 0xA7 = 24 hours (TS 23.040 §9.2.3.12.1).
 VALIDITY = 0xA7
 
@@ -280,6 +289,9 @@ class _Slot:
     wakeup: trio.Event = field(default_factory=trio.Event)
     # Held from AT+CMGS until its PartSent is out, so a report never overtakes its part.
     report_gate: trio.Lock = field(default_factory=trio.Lock)
+    # Held while the read storage is switched away from the SIM ("SR" for status reports):
+    # a listing or delete of SIM indices must not run in between.
+    memory_lock: trio.Lock = field(default_factory=trio.Lock)
     # SIM indices read and not yet deleted: a message listed at start-up and also announced
     # by +CMTI (it arrived while the list was being read) is taken once.
     on_sim: set[int] = field(default_factory=set)
@@ -559,7 +571,12 @@ class ModemPool:
                 await self._emit(ModemDown(modem=name, reason=reason))
                 backoff = REOPEN_BACKOFF_MIN
             else:
-                logger.info("modem unavailable modem=%s reason=%s retry_in=%.0f", name, reason, backoff)
+                # A device not (yet) there is routine; a modem that answers but will not start
+                # (SIM not ready, indications refused) wants someone's attention.
+                level = logging.INFO if reason.startswith(("unavailable", "hung")) else logging.WARNING
+                logger.log(
+                    level, "modem unavailable modem=%s reason=%s retry_in=%.0f", name, reason, backoff
+                )
             await trio.sleep(REOPEN_BACKOFF_MIN if hung else backoff)
             if not hung and not was_up:
                 backoff = min(REOPEN_BACKOFF_MAX, backoff * 2)
@@ -630,6 +647,13 @@ class ModemPool:
             if isinstance(registration, Registration):
                 was = slot.healthy
                 slot.registered = registration.registered
+                if slot.registered and slot.consecutive_errors:
+                    # The poll succeeded: a modem benched for send errors is tried again.
+                    logger.info(
+                        "modem back in rotation modem=%s errors=%d",
+                        slot.spec.name, slot.consecutive_errors,
+                    )
+                    slot.consecutive_errors = 0
                 if slot.healthy != was:
                     self._notify()
 
@@ -721,7 +745,8 @@ class ModemPool:
 
     async def _pick_up_stored(self, slot: _Slot, modem: Modem, nursery) -> None:
 
-        listing = await self._command(modem, ListMessages(MessageStat.ALL))
+        async with slot.memory_lock:
+            listing = await self._command(modem, ListMessages(MessageStat.ALL))
         if not isinstance(listing, MessageList):
             return
         for stored in listing.messages:
@@ -730,7 +755,11 @@ class ModemPool:
     async def _incoming(self, slot: _Slot, modem: Modem, nursery) -> None:
 
         async for event in modem.unsolicited:
-            if isinstance(event, (NewMessage, NewStatusReport)):
+            if isinstance(event, (NewMessage, NewStatusReport)) and (
+                event.storage.upper() not in (READ_STORAGE, "")
+            ):
+                await self._read_elsewhere(slot, modem, nursery, event.storage.upper(), event.index)
+            elif isinstance(event, (NewMessage, NewStatusReport)):
                 stored = await self._command(modem, ReadMessage(event.index))
                 if isinstance(stored, StoredMessage):
                     await self._handle_pdu(slot, modem, nursery, stored.pdu, event.index)
@@ -738,6 +767,56 @@ class ModemPool:
                 mo = await self._handle_pdu(slot, modem, nursery, event.pdu, None)
                 if self._direct_for(slot.spec):
                     await self._acknowledge(slot, modem, mo)
+
+    async def _read_elsewhere(
+        self, slot: _Slot, modem: Modem, nursery, storage: str, index: int
+    ) -> None:
+        """Read (and delete) a message announced in another storage than the SIM's.
+
+        Modems with ``AT+CNMI=...,2,...`` often keep status reports in ``"SR"`` whatever
+        ``AT+CPMS`` asked (``+CDSI: "SR",3``). The read storage is switched there for the one
+        message and back to the SIM after (TS 27.005 §3.2.2). A status report is deleted at
+        once; an MO found there is handed on and left in place (it is not listed again at
+        start, which reads the SIM only).
+        """
+        name = slot.spec.name
+        async with slot.memory_lock:
+            try:
+                await self._command(modem, SelectStorage(mem1=storage))
+            except (CommandError, LocalProtocolError) as exc:
+                logger.warning("modem storage not readable modem=%s storage=%s error=%s",
+                               name, storage, exc)
+                return
+            try:
+                stored = await self._command(modem, ReadMessage(index))
+                try:
+                    message = decode_incoming(stored.pdu)
+                except ModemError as exc:
+                    logger.warning("modem unreadable pdu modem=%s storage=%s index=%d error=%s",
+                                   name, storage, index, exc)
+                    message = None
+                if isinstance(message, StatusReport):
+                    await self._report(slot, message)
+                if not isinstance(message, Deliver):
+                    await self._command(modem, DeleteMessage(index))
+            finally:
+                with trio.move_on_after(self._command_timeout, shield=True):
+                    await modem.command(SelectStorage())
+        if isinstance(message, Deliver):
+            await self._deliver(slot, modem, nursery, message, None)
+
+    async def _report(self, slot: _Slot, message: StatusReport) -> None:
+        async with slot.report_gate:
+            await self._emit(
+                ModemReport(
+                    modem=slot.spec.name,
+                    tp_mr=message.mr,
+                    recipient=str(message.recipient),
+                    status=message.status_class,
+                    tp_status=message.status,
+                    at=message.discharge_time,
+                )
+            )
 
     def _direct_for(self, spec: ModemSpec) -> bool:
         return self._direct if spec.direct_routing is None else spec.direct_routing
@@ -779,17 +858,7 @@ class ModemPool:
                 await self._delete_stored(slot, modem, index)
             return None
         if isinstance(message, StatusReport):
-            async with slot.report_gate:
-                await self._emit(
-                    ModemReport(
-                        modem=name,
-                        tp_mr=message.mr,
-                        recipient=str(message.recipient),
-                        status=message.status_class,
-                        tp_status=message.status,
-                        at=message.discharge_time,
-                    )
-                )
+            await self._report(slot, message)
             if index is not None:
                 await self._delete_stored(slot, modem, index)
             return None
@@ -834,7 +903,8 @@ class ModemPool:
     async def _delete_stored(self, slot: _Slot, modem: Modem, index: int) -> None:
         """``AT+CMGD`` for a message taken from the SIM; one already gone is not an error."""
         try:
-            await self._command(modem, DeleteMessage(index))
+            async with slot.memory_lock:
+                await self._command(modem, DeleteMessage(index))
         except CommandError as exc:
             if exc.code != CmsError.INVALID_MEMORY_INDEX:
                 raise

@@ -189,7 +189,13 @@ def test_errors_share_the_gateway_base():
         (b"\r\nERROR\r\n", FinalResult.ERROR, None, ""),
         (b"\r\n+CME ERROR: 10\r\n", FinalResult.CME_ERROR, 10, "10"),
         (b"\r\n+CMS ERROR: 500\r\n", FinalResult.CMS_ERROR, 500, "500"),
-        (b"\r\n+CME ERROR: SIM not inserted\r\n", FinalResult.CME_ERROR, None, "SIM not inserted"),
+        (b"\r\n+CME ERROR: SIM not inserted\r\n", FinalResult.CME_ERROR, 10, "SIM not inserted"),
+        (b"\r\n+CME ERROR: SIM busy\r\n", FinalResult.CME_ERROR, 14, "SIM busy"),
+        (b"\r\n+CMS ERROR: (U)SIM busy\r\n", FinalResult.CMS_ERROR, 314, "(U)SIM busy"),
+        (b"\r\n+CMS ERROR: Invalid PDU mode parameter\r\n", FinalResult.CMS_ERROR, 304,
+         "Invalid PDU mode parameter"),
+        (b"\r\n+CMS ERROR: unknown error\r\n", FinalResult.CMS_ERROR, 500, "unknown error"),
+        (b"\r\n+CME ERROR: vendor says no\r\n", FinalResult.CME_ERROR, None, "vendor says no"),
         (b"\r\nNO CARRIER\r\n", FinalResult.NO_CARRIER, None, ""),
         (b"\r\nCOMMAND NOT SUPPORT\r\n", FinalResult.COMMAND_NOT_SUPPORT, None, ""),
     ],
@@ -677,3 +683,91 @@ def test_registration_answer_found_among_unsolicited_creg_lines():
     stream = b'\r\n+CREG: 5\r\n+CREG: 2,1,"A1B2","00C3"\r\n+CREG: 1,"A1B2","00C4"\r\n\r\nOK\r\n'
     (event,) = run(QueryRegistration(), stream)
     assert event == CommandCompleted(QueryRegistration(), Registration(2, 1, "A1B2", "00C3"))
+
+
+# --------------------------------------------------------------------------- noise between header and PDU
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_vendor_noise_between_cmgr_header_and_its_pdu_line(chunk):
+    stream = (
+        b"\r\n+CMGR: 0,,30\r\n\r\n^RSSI:17\r\n\r\n+CREG: 1\r\n\r\n"
+        + DELIVER_HEX.encode()
+        + b"\r\n\r\nOK\r\n"
+    )
+    events = run(ReadMessage(3), stream, chunk)
+    assert events == [
+        VendorNotice("^RSSI", "17"),
+        Unsolicited("+CREG", "1"),
+        CommandCompleted(ReadMessage(3), StoredMessage(3, 0, "", 30, DELIVER_HEX)),
+    ]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_noise_inside_a_cmgl_answer_between_header_and_pdu(chunk):
+    stream = (
+        b"\r\n+CMGL: 1,1,,30\r\n^MODE:5,4\r\n" + DELIVER_HEX.encode()
+        + b"\r\n\r\nRING\r\n+CMGL: 2,0,,30\r\n\r\n" + DELIVER_HEX.encode()
+        + b"\r\n\r\nOK\r\n"
+    )
+    events = run(ListMessages(), stream, chunk)
+    assert events[:2] == [VendorNotice("^MODE", "5,4"), Ring()]
+    assert events[2] == CommandCompleted(ListMessages(), MessageList((
+        StoredMessage(1, 1, "", 30, DELIVER_HEX), StoredMessage(2, 0, "", 30, DELIVER_HEX),
+    )))
+
+
+def test_cmgr_header_then_ok_without_pdu_is_malformed_not_hung():
+    events = run(ReadMessage(3), b"\r\n+CMGR: 0,,30\r\n^RSSI:3\r\n\r\nOK\r\n")
+    assert isinstance(events[-1], ResponseMalformed)
+    assert "PDU line" in events[-1].reason
+
+
+def test_vendor_noise_between_cmt_header_and_its_pdu_line():
+    stream = b'\r\n+CMT: ,30\r\n^RSSI:9\r\n' + DELIVER_HEX.encode() + b"\r\n"
+    events = feed(AtConnection(), stream)
+    assert events == [VendorNotice("^RSSI", "9"), IncomingDeliver("", 30, DELIVER_HEX)]
+
+
+_INTERJECTIONS = [
+    (b"^RSSI:17", VendorNotice("^RSSI", "17")),
+    (b"^BOOT:12345678,0,0,0,6", VendorNotice("^BOOT", "12345678,0,0,0,6")),
+    (b"^MODE:5,4", VendorNotice("^MODE", "5,4")),
+    (b"RING", Ring()),
+    (b"+CREG: 1", Unsolicited("+CREG", "1")),
+    (b'+CMTI: "SM",9', NewMessage("SM", 9)),
+    (b'+CDSI: "SR",2', NewStatusReport("SR", 2)),
+    (b"", None),
+]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    noise=st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from(range(len(_INTERJECTIONS)))), max_size=6
+    ),
+    chunk=st.integers(1, 40),
+)
+def test_property_interjections_anywhere_in_a_cmgl_answer(noise, chunk):
+    """Unsolicited codes at any line boundary of a listing, in any chunking, are routed and
+    the listing is whole (TS 27.005 §3.4.2; the codes per §3.4.1 and vendor ``^``)."""
+    lines = [b"+CMGL: 1,1,,30", DELIVER_HEX.encode(), b"+CMGL: 4,0,,30", DELIVER_HEX.encode()]
+    slots: dict[int, list[int]] = {}
+    for position, which in noise:
+        slots.setdefault(position, []).append(which)
+    stream = b"\r\n"
+    expected = []
+    for position in range(len(lines) + 1):
+        for which in slots.get(position, []):
+            raw, event = _INTERJECTIONS[which]
+            stream += raw + b"\r\n"
+            if event is not None:
+                expected.append(event)
+        if position < len(lines):
+            stream += lines[position] + b"\r\n"
+    stream += b"\r\nOK\r\n"
+    events = run(ListMessages(), stream, chunk)
+    assert events[:-1] == expected
+    assert events[-1] == CommandCompleted(ListMessages(), MessageList((
+        StoredMessage(1, 1, "", 30, DELIVER_HEX), StoredMessage(4, 0, "", 30, DELIVER_HEX),
+    )))
