@@ -115,8 +115,8 @@ def query_int(request: Request, name: str, default: int, *, low: int = 0, high: 
 def guarded(authenticate: Authenticate, handler: Handler, *, route: str | None = None) -> Handler:
     """A route handler that authenticates the caller, runs ``handler(request, actor, **params)``
     and answers every error kind in SPEC's shape (see the module's table). ``route`` names the
-    route in log lines (default: the handler's name)."""
-    label = route or handler.__name__
+    route in log lines (default: the handler's qualified name)."""
+    label = route or getattr(handler, "__qualname__", repr(handler))
 
     @functools.wraps(handler)
     async def guarded_route(request: Request, **params: str) -> Response:

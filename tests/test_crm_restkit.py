@@ -221,3 +221,12 @@ def test_decode_names_the_field():
             decode(body, _Body)
         err = caught.value.body.error
         assert (caught.value.status, err.code, err.field) == (400, code, field), body
+
+
+async def test_guarded_logs_the_route_of_a_store_failure(caplog):
+    caplog.set_level("WARNING", logger="crm_lite.restkit")
+    await guarded(_authenticate, _raising(StoreUnavailable("connection refused")), route="GET /v1/crm/x")(_request())
+    await guarded(_authenticate, _raising(StoreError("statement timeout")))(_request())
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "database unavailable route=GET /v1/crm/x error=connection refused"
+    assert lines[1].startswith("store error route=_raising.<locals>.handler error=statement timeout")
