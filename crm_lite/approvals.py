@@ -42,8 +42,9 @@ from gateway.router.commands import InboundCommand, Outbox
 from gateway.store import Merchant, Store
 from gateway.text import mask_msisdn
 
-from .restkit import DomainError, NotFound
-from .staff import PERMISSIONS, Forbidden, Permission, Role, Staff, require, staff_by_phone
+from .errors import Forbidden, InvalidInput, NoApprover, NotFound
+from .settings import merchant_by_id
+from .staff import PERMISSIONS, Permission, Role, Staff, require, staff_by_phone
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +72,6 @@ class Status(StrEnum):
     REJECTED = "rejected"
 
 
-class MalformedRequest(DomainError):
-    """An ``SP`` text or API body that does not say type, amount and reason properly."""
-
-    status = 400
-    code = "invalid_field"
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class NoApprover(DomainError):
-    code = "no_approver"
-
-
 # --- parsing (pure) -------------------------------------------------------------------------------
 
 
@@ -93,27 +79,27 @@ def parse_amount(text: str) -> int:
     """Yuan with at most two decimals (``"500"``, ``"12.5"``, ``"99.99元"``) → fen."""
     m = _AMOUNT_RE.fullmatch(text)
     if m is None:
-        raise MalformedRequest(f"amount {text!r} is not a sum in yuan such as 500 or 12.50", "amount")
+        raise InvalidInput("amount", f"amount {text!r} is not a sum in yuan such as 500 or 12.50")
     fen = int(m[1]) * 100 + int((m[2] or "0").ljust(2, "0"))
     if not 0 < fen <= MAX_AMOUNT_FEN:
-        raise MalformedRequest(f"amount {text!r} is out of range", "amount")
+        raise InvalidInput("amount", f"amount {text!r} is out of range")
     return fen
 
 
 def check_request(kind: str, amount_fen: int, reason: str) -> None:
     if not 1 <= len(kind) <= MAX_KIND:
-        raise MalformedRequest(f"the type must be 1 to {MAX_KIND} characters", "kind")
+        raise InvalidInput("kind", f"the type must be 1 to {MAX_KIND} characters")
     if not 1 <= len(reason) <= MAX_REASON:
-        raise MalformedRequest(f"the reason must be 1 to {MAX_REASON} characters", "reason")
+        raise InvalidInput("reason", f"the reason must be 1 to {MAX_REASON} characters")
     if not 0 < amount_fen <= MAX_AMOUNT_FEN:
-        raise MalformedRequest(f"amount_fen must be from 1 to {MAX_AMOUNT_FEN}", "amount_fen")
+        raise InvalidInput("amount_fen", f"amount_fen must be from 1 to {MAX_AMOUNT_FEN}")
 
 
 def parse_sp(text: str) -> tuple[str, int, str]:
     """``SP <type> <amount> <reason…>`` → (type, amount in fen, reason), case kept."""
     words = unicodedata.normalize("NFKC", text).split()
     if len(words) < 4 or words[0].upper() != SP_KEYWORD:
-        raise MalformedRequest("expected SP <type> <amount> <reason>", "text")
+        raise InvalidInput("text", "expected SP <type> <amount> <reason>")
     kind, amount, reason = words[1], parse_amount(words[2]), " ".join(words[3:])
     check_request(kind, amount, reason)
     return kind, amount, reason
@@ -182,14 +168,14 @@ def _request(row: Any) -> ApprovalRequest:
 async def request_by_id(store: Any, request_id: int) -> ApprovalRequest:
     row = await store.fetchrow(_VIEW + " WHERE r.id = $1", request_id)
     if row is None:
-        raise NotFound(f"no approval request {request_id}")
+        raise NotFound(None, f"no approval request {request_id}")
     return _request(row)
 
 
 async def request_by_number(store: Store, merchant_id: int, number: int) -> ApprovalRequest:
     row = await store.fetchrow(_VIEW + " WHERE r.merchant_id = $1 AND r.number = $2", merchant_id, number)
     if row is None:
-        raise NotFound(f"no approval request #{number}")
+        raise NotFound(None, f"no approval request #{number}")
     return _request(row)
 
 
@@ -250,7 +236,7 @@ async def file_request(store: Store, requester: Staff, *, kind: str, amount_fen:
     returns the original). Raises :class:`NoApprover` when nobody can decide it."""
     check_request(kind, amount_fen, reason)
     if timeout_s <= 0:
-        raise MalformedRequest("timeout_s must be positive", "timeout_s")
+        raise InvalidInput("timeout_s", "timeout_s must be positive")
     try:
         async with store.transaction() as tx:
             existing = await tx.fetchval(
@@ -305,7 +291,7 @@ async def decide(store: Store, actor: Staff, number: int, approve: bool, *,
             "SELECT id, status, approver_id, decided_mo_id FROM crm_approval_requests"
             " WHERE merchant_id = $1 AND number = $2 FOR UPDATE", actor.merchant_id, number)
         if row is None:
-            raise NotFound(f"no approval request #{number}")
+            raise NotFound(None, f"no approval request #{number}")
         if mo_id is not None and row["decided_mo_id"] == mo_id:
             return Decision.DECIDED, await request_by_id(tx, row["id"])
         if row["status"] != Status.PENDING:
@@ -325,14 +311,6 @@ async def decide(store: Store, actor: Staff, number: int, approve: bool, *,
 
 
 # --- notices --------------------------------------------------------------------------------------
-
-
-async def merchant_by_id(store: Store, merchant_id: int) -> Merchant:
-    row = await store.fetchrow("SELECT id, name, account_id, service_number, signature FROM merchants"
-                               " WHERE id = $1", merchant_id)
-    if row is None:
-        raise NotFound(f"no merchant {merchant_id}")
-    return Merchant(**dict(row))
 
 
 async def notify_approver(store: Store, outbox: Outbox, merchant: Merchant, request_id: int) -> bool:
@@ -494,7 +472,7 @@ class ApprovalHandler:
             require(staff, Permission.APPROVALS_FILE)
             request, _ = await file_request(self._store, staff, kind=kind, amount_fen=amount_fen, reason=reason,
                                             timeout_s=self._timeout_s, mo_id=command.mo_id)
-        except MalformedRequest:
+        except InvalidInput:  # the text does not say type, amount and reason properly
             await reply(f"审批申请{FORMAT_HELP}")
             return
         except Forbidden:

@@ -24,7 +24,8 @@ from gateway.router.commands import Outbox
 from gateway.store import Store
 
 from . import approvals as ap
-from .restkit import Authenticate, DomainError, decode, guarded, json_response, path_id, query_int, query_str
+from .errors import Conflict
+from .restkit import Authenticate, add_routes, decode, json_response, path_id, query_int, query_str
 from .staff import Permission, Staff, require, staff_by_id
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,8 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         require(actor, Permission.APPROVALS_FILE)
         await in_person(actor)
         body = decode(request.body, FileIn)
-        try:
-            filed, created = await ap.file_request(store, actor, kind=body.kind, amount_fen=body.amount_fen,
-                                                   reason=body.reason, timeout_s=timeout_s,
-                                                   client_key=body.client_key)
-        except ap.MalformedRequest as exc:
-            raise ApiError(400, "invalid_field", str(exc), field=exc.field) from None
+        filed, created = await ap.file_request(store, actor, kind=body.kind, amount_fen=body.amount_fen,
+                                               reason=body.reason, timeout_s=timeout_s, client_key=body.client_key)
         if created:
             try:
                 await ap.notify_approver(store, outbox, await ap.merchant_by_id(store, actor.merchant_id), filed.id)
@@ -103,7 +100,7 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         if outcome == ap.Decision.NOT_APPROVER:
             raise ApiError(403, "not_approver", f"request #{req.number} waits for {decided.approver_name}")
         if outcome == ap.Decision.ALREADY:
-            raise DomainError(f"request #{req.number} is already {decided.status}", code="already_decided")
+            raise Conflict("already_decided", f"request #{req.number} is already {decided.status}")
         try:
             await ap.tell_requester(store, outbox, await ap.merchant_by_id(store, actor.merchant_id), decided.id)
         except GatewayError as exc:  # decided all the same; serve_escalations sends the notice
@@ -111,8 +108,8 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         return json_response(await detail(decided))
 
     base = "/v1/crm/approvals"
-    router.add("POST", base, guarded(authenticate, file))
-    router.add("GET", base, guarded(authenticate, list_))
-    router.add("GET", base + "/{number}", guarded(authenticate, get))
-    router.add("POST", base + "/{number}/decision", guarded(authenticate, decide))
+    add_routes(router, authenticate, [
+        ("POST", base, file), ("GET", base, list_), ("GET", base + "/{number}", get),
+        ("POST", base + "/{number}/decision", decide),
+    ])
 

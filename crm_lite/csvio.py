@@ -27,7 +27,7 @@ import msgspec
 
 from gateway.store import Store
 
-from .errors import CrmError, InvalidInput
+from .errors import CsvFileError, InvalidInput
 from .members import allocate_member_numbers, attribute_definitions
 from .profile import READ_ONLY_FIELDS, STANDARD_FIELDS, AttributeDef, Profile, clean_profile, member_no_text
 
@@ -43,16 +43,6 @@ HEADER_ALIASES = {
     "电子邮件": "email", "备注": "note", "会员号": "member_no", "入会时间": "joined_at", "来源": "source",
     "积分": "points",
 }
-
-
-class CsvFileError(CrmError):
-    """The file as a whole cannot be read (encoding, header); no row was imported."""
-
-    code = "invalid_csv"
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class RowError(msgspec.Struct, frozen=True):

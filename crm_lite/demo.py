@@ -9,9 +9,8 @@ from __future__ import annotations
 from gateway.errors import StoreConflict
 from gateway.store import Merchant, Store
 
-from .rest import rotate_staff_token
 from .settings import ensure_settings, settings_for
-from .staff import Role, create_staff, staff_by_phone
+from .staff import Role, create_staff, rotate_staff_token, staff_by_phone
 
 DEMO_STAFF = (
     ("owner", "13900000009", "王老板", Role.OWNER),

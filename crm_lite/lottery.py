@@ -57,7 +57,7 @@ from gateway.router.commands import InboundCommand, Outbox
 from gateway.store import Merchant, Store
 from gateway.text import mask_msisdn
 
-from .restkit import DomainError, NotFound
+from .errors import AlreadyDrawn, Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -197,23 +197,6 @@ def new_seed() -> tuple[bytes, bytes]:
 # --- the campaign in the store --------------------------------------------------------------------
 
 
-class LotteryError(DomainError):
-    """A lottery operation the campaign's state does not allow."""
-
-
-class AlreadyDrawn(LotteryError):
-    code = "already_drawn"
-
-
-class InvalidLottery(DomainError):
-    status = 400
-    code = "invalid_field"
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 class Prize(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     position: int
@@ -271,8 +254,8 @@ def _lottery(row: Any) -> Lottery:
 def check_keyword(keyword: str) -> str:
     kw = keyword.strip().upper()
     if not KEYWORD_RE.fullmatch(kw) or kw in RESERVED_KEYWORDS or _DECISION_RE.fullmatch(kw):
-        raise InvalidLottery(f"keyword {keyword!r} is not usable: 1-10 letters or digits, not one of "
-                             f"{sorted(RESERVED_KEYWORDS)} nor Y<n>/N<n>", "keyword")
+        raise InvalidInput("keyword", f"keyword {keyword!r} is not usable: 1-10 letters or digits, not one of "
+                           f"{sorted(RESERVED_KEYWORDS)} nor Y<n>/N<n>")
     return kw
 
 
@@ -284,9 +267,9 @@ async def create_lottery(store: Store, merchant_id: int, *, name: str, starts_at
     merchant may share a keyword only if their windows do not overlap."""
     kw = check_keyword(keyword)
     if ends_at <= starts_at:
-        raise InvalidLottery("ends_at must be after starts_at", "ends_at")
+        raise InvalidInput("ends_at", "ends_at must be after starts_at")
     if len(prizes) > MAX_PRIZES:
-        raise InvalidLottery(f"at most {MAX_PRIZES} prizes", "prizes")
+        raise InvalidInput("prizes", f"at most {MAX_PRIZES} prizes")
     seed, seed_hash = new_seed()
     async with store.transaction() as tx:
         # One creator at a time per merchant, so two overlapping campaigns cannot both pass the check.
@@ -295,8 +278,7 @@ async def create_lottery(store: Store, merchant_id: int, *, name: str, starts_at
             "SELECT id FROM crm_lotteries WHERE merchant_id = $1 AND keyword = $2 AND status <> 'drawn'"
             " AND starts_at < $4 AND ends_at > $3 LIMIT 1", merchant_id, kw, starts_at, ends_at)
         if clash is not None:
-            raise LotteryError(f"lottery {clash} already uses keyword {kw} in an overlapping window",
-                               code="keyword_taken")
+            raise Conflict("keyword_taken", f"lottery {clash} already uses keyword {kw} in an overlapping window")
         row = await tx.fetchrow(
             "INSERT INTO crm_lotteries (merchant_id, name, keyword, starts_at, ends_at, max_entries,"
             " max_entries_per_day, max_wins, members_only, seed, seed_hash)"
@@ -315,7 +297,7 @@ async def lottery(store: Store, merchant_id: int, lottery_id: int) -> Lottery:
     row = await store.fetchrow(f"SELECT {_COLUMNS} FROM crm_lotteries WHERE id = $1 AND merchant_id = $2",
                                lottery_id, merchant_id)
     if row is None:
-        raise NotFound(f"no lottery {lottery_id}")
+        raise NotFound(None, f"no lottery {lottery_id}")
     return _lottery(row)
 
 
@@ -336,12 +318,12 @@ async def add_prize(store: Store, merchant_id: int, lottery_id: int, name: str, 
         row = await tx.fetchrow("SELECT status FROM crm_lotteries WHERE id = $1 AND merchant_id = $2 FOR UPDATE",
                                 lottery_id, merchant_id)
         if row is None:
-            raise NotFound(f"no lottery {lottery_id}")
+            raise NotFound(None, f"no lottery {lottery_id}")
         if row["status"] == "drawn":
             raise AlreadyDrawn(f"lottery {lottery_id} is drawn; its prizes are final")
         count = await tx.fetchval("SELECT count(*) FROM crm_lottery_prizes WHERE lottery_id = $1", lottery_id)
         if count >= MAX_PRIZES:
-            raise InvalidLottery(f"at most {MAX_PRIZES} prizes", "prizes")
+            raise InvalidInput("prizes", f"at most {MAX_PRIZES} prizes")
         prize = await tx.fetchrow(
             "INSERT INTO crm_lottery_prizes (lottery_id, position, name, stock)"
             " SELECT $1, coalesce(max(position), 0) + 1, $2, $3 FROM crm_lottery_prizes WHERE lottery_id = $1"
@@ -355,7 +337,7 @@ async def close_lottery(store: Store, merchant_id: int, lottery_id: int) -> Lott
         row = await tx.fetchrow("SELECT status FROM crm_lotteries WHERE id = $1 AND merchant_id = $2"
                                 " FOR UPDATE", lottery_id, merchant_id)
         if row is None:
-            raise NotFound(f"no lottery {lottery_id}")
+            raise NotFound(None, f"no lottery {lottery_id}")
         if row["status"] == "drawn":
             raise AlreadyDrawn(f"lottery {lottery_id} is already drawn")
         if row["status"] == "open":
@@ -438,7 +420,7 @@ async def enter(store: Store, lot: Lottery, phone: str, *, at: datetime, mo_id: 
                 raise
             continue
         if row is None:
-            raise NotFound(f"no lottery {lot.id}")
+            raise NotFound(None, f"no lottery {lot.id}")
         status = EntryStatus(row["status"])
         if status == EntryStatus.ENTERED:
             log.info("lottery entry lottery=%s entry=%s phone=%s", lot.id, row["entry_no"], mask_msisdn(phone))
@@ -462,7 +444,7 @@ async def import_entries(store: Store, lottery_id: int, phones: Sequence[str], *
             # The campaign's row in share mode, as for an SMS entry: no draw can run meanwhile.
             status = await tx.fetchval("SELECT status FROM crm_lotteries WHERE id = $1 FOR SHARE", lottery_id)
             if status is None:
-                raise NotFound(f"no lottery {lottery_id}")
+                raise NotFound(None, f"no lottery {lottery_id}")
             if status == "drawn":
                 raise AlreadyDrawn(f"lottery {lottery_id} is drawn")
             await tx.execute(
@@ -504,15 +486,15 @@ async def draw_lottery(store: Store, merchant_id: int, lottery_id: int) -> list[
         row = await tx.fetchrow("SELECT status, ends_at, now() AS now, seed, max_wins FROM crm_lotteries"
                                 " WHERE id = $1 AND merchant_id = $2 FOR UPDATE", lottery_id, merchant_id)
         if row is None:
-            raise NotFound(f"no lottery {lottery_id}")
+            raise NotFound(None, f"no lottery {lottery_id}")
         if row["status"] == "drawn":
             raise AlreadyDrawn(f"lottery {lottery_id} is already drawn")
         if row["status"] == "open" and row["now"] < row["ends_at"]:
-            raise LotteryError(f"lottery {lottery_id} still takes entries until {row['ends_at'].isoformat()};"
-                               " close it first", code="lottery_open")
+            raise Conflict("lottery_open", f"lottery {lottery_id} still takes entries until"
+                           f" {row['ends_at'].isoformat()}; close it first")
         pairs, stock = await _draw_inputs(tx, lottery_id)
         if not stock:
-            raise LotteryError(f"lottery {lottery_id} has no prizes", code="no_prizes")
+            raise Conflict("no_prizes", f"lottery {lottery_id} has no prizes")
         result = draw(bytes(row["seed"]), pairs, stock, max_wins=row["max_wins"])
         stock_of = dict(stock)
         await tx.execute(
@@ -598,7 +580,7 @@ async def audit(store: Store, merchant_id: int, lottery_id: int) -> Audit:
     row = await store.fetchrow("SELECT status, seed, seed_hash, max_wins FROM crm_lotteries"
                                " WHERE id = $1 AND merchant_id = $2", lottery_id, merchant_id)
     if row is None:
-        raise NotFound(f"no lottery {lottery_id}")
+        raise NotFound(None, f"no lottery {lottery_id}")
     async with store.transaction() as tx:
         pairs, stock = await _draw_inputs(tx, lottery_id)
         prize_rows = await tx.fetch("SELECT id, name, stock FROM crm_lottery_prizes WHERE lottery_id = $1"

@@ -24,14 +24,14 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from gateway.api import ApiError
 from gateway.errors import GatewayError
 from gateway.http import Request, Response, Router
 from gateway.router.commands import Outbox
-from gateway.store import Merchant, Store
+from gateway.store import Store
 
 from . import lottery as lt
-from .restkit import Authenticate, NotFound, decode, guarded, json_response, path_id, query_int
+from .restkit import Authenticate, add_routes, decode, json_response, path_id, query_int
+from .settings import merchant_by_id
 from .staff import Permission, Staff, require
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,6 @@ def _out(lot: lt.Lottery, prizes: list[lt.Prize]) -> LotteryOut:
                       closed_at=lot.closed_at, drawn_at=lot.drawn_at)
 
 
-async def _merchant(store: Store, merchant_id: int) -> Merchant:
-    row = await store.fetchrow("SELECT id, name, account_id, service_number, signature FROM merchants"
-                               " WHERE id = $1", merchant_id)
-    if row is None:
-        raise NotFound(f"no merchant {merchant_id}")
-    return Merchant(**dict(row))
-
-
 def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: Authenticate, *,
                     keyword_for: lt.KeywordFor | None = None) -> None:
     """Add the lottery routes to ``router``; ``authenticate`` turns a request into the acting
@@ -105,15 +97,12 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
     async def create(request: Request, actor: Staff) -> Response:
         require(actor, Permission.LOTTERY_MANAGE)
         body = decode(request.body, LotteryIn)
-        try:
-            lot = await lt.create_lottery(
-                store, actor.merchant_id, name=body.name, starts_at=body.starts_at, ends_at=body.ends_at,
-                keyword=body.keyword or await lt.merchant_keyword(keyword_for, actor.merchant_id),
-                max_entries=body.max_entries, max_entries_per_day=body.max_entries_per_day,
-                max_wins=body.max_wins, members_only=body.members_only,
-                prizes=[(p.name, p.stock) for p in body.prizes])
-        except lt.InvalidLottery as exc:
-            raise ApiError(400, "invalid_field", str(exc), field=exc.field) from None
+        lot = await lt.create_lottery(
+            store, actor.merchant_id, name=body.name, starts_at=body.starts_at, ends_at=body.ends_at,
+            keyword=body.keyword or await lt.merchant_keyword(keyword_for, actor.merchant_id),
+            max_entries=body.max_entries, max_entries_per_day=body.max_entries_per_day,
+            max_wins=body.max_wins, members_only=body.members_only,
+            prizes=[(p.name, p.stock) for p in body.prizes])
         return json_response(_out(lot, await lt.prizes(store, lot.id)), 201)
 
     async def list_(request: Request, actor: Staff) -> Response:
@@ -130,10 +119,7 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         require(actor, Permission.LOTTERY_MANAGE)
         lottery_id = path_id(id, "lottery")
         body = decode(request.body, PrizeIn)
-        try:
-            prize = await lt.add_prize(store, actor.merchant_id, lottery_id, body.name, body.stock)
-        except lt.InvalidLottery as exc:
-            raise ApiError(400, "invalid_field", str(exc), field=exc.field) from None
+        prize = await lt.add_prize(store, actor.merchant_id, lottery_id, body.name, body.stock)
         return json_response(prize, 201)
 
     async def close(request: Request, actor: Staff, *, id: str) -> Response:
@@ -158,7 +144,8 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         lottery_id = path_id(id, "lottery")
         await lt.draw_lottery(store, actor.merchant_id, lottery_id)
         try:
-            notified = await lt.notify_winners(store, outbox, await _merchant(store, actor.merchant_id), lottery_id)
+            merchant = await merchant_by_id(store, actor.merchant_id)
+            notified = await lt.notify_winners(store, outbox, merchant, lottery_id)
         except GatewayError as exc:  # the draw stands; POST .../notify tells the rest
             log.warning("lottery winners not all told lottery=%s error=%s", lottery_id, exc)
             notified = 0
@@ -169,16 +156,13 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
     async def notify(request: Request, actor: Staff, *, id: str) -> Response:
         require(actor, Permission.LOTTERY_DRAW)
         lot = await lt.lottery(store, actor.merchant_id, path_id(id, "lottery"))
-        notified = await lt.notify_winners(store, outbox, await _merchant(store, actor.merchant_id), lot.id)
+        notified = await lt.notify_winners(store, outbox, await merchant_by_id(store, actor.merchant_id), lot.id)
         return json_response({"lottery_id": lot.id, "notified": notified})
 
     base = "/v1/crm/lotteries"
-    router.add("POST", base, guarded(authenticate, create))
-    router.add("GET", base, guarded(authenticate, list_))
-    router.add("GET", base + "/{id}", guarded(authenticate, get))
-    router.add("POST", base + "/{id}/prizes", guarded(authenticate, add_prize))
-    router.add("POST", base + "/{id}/close", guarded(authenticate, close))
-    router.add("GET", base + "/{id}/entries", guarded(authenticate, entries))
-    router.add("GET", base + "/{id}/audit", guarded(authenticate, audit))
-    router.add("POST", base + "/{id}/draw", guarded(authenticate, draw))
-    router.add("POST", base + "/{id}/notify", guarded(authenticate, notify))
+    add_routes(router, authenticate, [
+        ("POST", base, create), ("GET", base, list_), ("GET", base + "/{id}", get),
+        ("POST", base + "/{id}/prizes", add_prize), ("POST", base + "/{id}/close", close),
+        ("GET", base + "/{id}/entries", entries), ("GET", base + "/{id}/audit", audit),
+        ("POST", base + "/{id}/draw", draw), ("POST", base + "/{id}/notify", notify),
+    ])

@@ -2,18 +2,17 @@
 members (with CSV import and export), purchases and points.
 
 Every call is authenticated (``authenticate(request) -> Staff``, see :mod:`crm_lite.api`) and
-checked with :func:`crm_lite.staff.require`; errors use the API's shape
+checked with :func:`crm_lite.staff.require`; the plumbing (decoding, ids, query parameters, the
+error answers) is :mod:`crm_lite.restkit`'s. Errors use the API's shape
 ``{"error": {"code", "message"[, "field"]}}``: 400 naming the field (``attributes.<name>``
 for a custom attribute), 401, 403 ``forbidden``, 404 ``<thing>_not_found``, 409
-(``insufficient_points``, ``member_exists``, ...), 503 when the database is unreachable.
+(``insufficient_points``, ``member_exists``, ...), 503 ``database_unavailable`` when the database
+is unreachable.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import urllib.parse
-from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -21,23 +20,20 @@ import msgspec
 from msgspec import Meta
 
 from gateway.api import ApiError
-from gateway.errors import StoreConflict, StoreError, StoreUnavailable
+from gateway.errors import StoreConflict
 from gateway.http import Request, Response, Router
 from gateway.router.commands import Outbox
 from gateway.store import Store
 
 from . import csvio, members, points
-from .errors import CrmError, InvalidInput, NotFound
+from .errors import NotFound
 from .profile import STANDARD_FIELDS, AttributeDef, clean_field, clean_profile
-from .restkit import decode
+from .restkit import Authenticate, add_routes, decode, json_response, path_id, query_int, query_str
 from .settings import settings_for, update_settings
-from .staff import TOKEN_PREFIX, Forbidden, Permission, Role, Staff, create_staff, hash_token, require, staff_by_id
+from .staff import Permission, Role, Staff, create_staff, require, rotate_staff_token, staff_by_id
 
 log = logging.getLogger(__name__)
 
-Authenticate = Callable[[Request], Awaitable[Staff]]
-
-_encoder = msgspec.json.Encoder()
 CSV_TYPE = "text/csv; charset=utf-8"
 
 
@@ -152,63 +148,12 @@ class MemberOut(msgspec.Struct, frozen=True, kw_only=True):
     groups: list[int]
 
 
-# --- plumbing --------------------------------------------------------------------------------
+def _staff_id(raw: str) -> int:
+    return path_id(raw, "staff", code="staff_not_found")
 
 
-def _json(status: int, value: Any) -> Response:
-    return Response(status=status, body=_encoder.encode(value))
-
-
-
-
-
-def _query(request: Request) -> dict[str, str]:
-    return {k: v[-1] for k, v in urllib.parse.parse_qs(request.query, keep_blank_values=True).items()}
-
-
-def _int_param(query: dict[str, str], name: str, default: int, *, low: int = 0, high: int = 2**62) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_field", f"query parameter {name} must be a whole number from {low} to {high}",
-                       field=name)
-    return int(raw)
-
-
-def _id(raw: str, what: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(404, f"{what}_not_found", f"no {what} {raw}")
-    return int(raw)
-
-
-def _guarded(handler: Callable[..., Awaitable[Response]], route: str):
-    async def guarded(request: Request, **params: str) -> Response:
-        try:
-            return await handler(request, **params)
-        except ApiError as exc:
-            return exc.response()
-        except Forbidden as exc:
-            return ApiError(403, "forbidden", f"{exc}: ask an owner or manager").response()
-        except InvalidInput as exc:
-            return ApiError(400, exc.code, exc.message, field=exc.field).response()
-        except csvio.CsvFileError as exc:
-            return ApiError(400, exc.code, exc.message, field=exc.field).response()
-        except CrmError as exc:
-            return ApiError(exc.status, exc.code, exc.message).response()
-        except StoreUnavailable as exc:
-            log.warning("database unavailable route=%s error=%s", route, exc)
-            return ApiError(503, "database_unavailable", "the database is unreachable; retry later",
-                            headers=[("Retry-After", "5")]).response()
-        except StoreConflict as exc:
-            return ApiError(409, "conflict", f"the change clashes with stored data ({exc.constraint or 'constraint'})"
-                            ).response()
-        except StoreError as exc:
-            log.error("store error route=%s error=%s", route, exc)
-            return ApiError(503, "storage_error", "the store failed; retry later",
-                            headers=[("Retry-After", "5")]).response()
-
-    return guarded
+def _group_id(raw: str) -> int:
+    return path_id(raw, "group", code="group_not_found")
 
 
 def _staff_out(s: Staff, token: str | None = None) -> StaffOut:
@@ -219,39 +164,33 @@ def _staff_out(s: Staff, token: str | None = None) -> StaffOut:
 class MembersApi:
     """The handlers; :func:`register_routes` wires them."""
 
-    def __init__(self, store: Store, authenticate: Authenticate) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.authenticate = authenticate
-
-    async def actor(self, request: Request, permission: Permission) -> Staff:
-        staff = await self.authenticate(request)
-        require(staff, permission)
-        return staff
 
     # -- settings ------------------------------------------------------------------------------
 
-    async def get_settings(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
-        return _json(200, await settings_for(self.store, actor.merchant_id))
+    async def get_settings(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_READ)
+        return json_response(await settings_for(self.store, actor.merchant_id))
 
-    async def patch_settings(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.STAFF_MANAGE)
+    async def patch_settings(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.STAFF_MANAGE)
         body = decode(request.body, SettingsBody)
-        return _json(200, await update_settings(
+        return json_response(await update_settings(
             self.store, actor.merchant_id, join_keyword=body.join_keyword, points_keyword=body.points_keyword,
             lottery_keyword=body.lottery_keyword, points_per_yuan=body.points_per_yuan,
             points_expire_days=body.points_expire_days))
 
     # -- staff ---------------------------------------------------------------------------------
 
-    async def list_staff(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.STAFF_MANAGE)
+    async def list_staff(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.STAFF_MANAGE)
         rows = await self.store.fetch("SELECT id FROM crm_staff WHERE merchant_id = $1 ORDER BY id", actor.merchant_id)
         found = [await staff_by_id(self.store, r["id"]) for r in rows]
-        return _json(200, {"staff": [_staff_out(s) for s in found if s is not None]})
+        return json_response({"staff": [_staff_out(s) for s in found if s is not None]})
 
-    async def create_staff(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.STAFF_MANAGE)
+    async def create_staff(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.STAFF_MANAGE)
         body = decode(request.body, StaffBody)
         phone = clean_field("phone", body.phone)
         if body.approver_id is not None:
@@ -261,7 +200,7 @@ class MembersApi:
                                               approver_id=body.approver_id)
         except StoreConflict:
             raise ApiError(409, "staff_exists", f"{phone} is on the staff already", field="phone") from None
-        return _json(201, _staff_out(staff, token))
+        return json_response(_staff_out(staff, token), 201)
 
     async def _own_staff(self, actor: Staff, staff_id: int, field: str | None = None) -> Staff:
         staff = await staff_by_id(self.store, staff_id)
@@ -271,9 +210,9 @@ class MembersApi:
             raise ApiError(404, "staff_not_found", f"no staff member {staff_id}")
         return staff
 
-    async def patch_staff(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.STAFF_MANAGE)
-        staff = await self._own_staff(actor, _id(id, "staff"))
+    async def patch_staff(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.STAFF_MANAGE)
+        staff = await self._own_staff(actor, _staff_id(id))
         body = decode(request.body, StaffPatch)
         if staff.id == actor.id and (body.active is False or (body.role is not None and body.role != Role.OWNER)):
             raise ApiError(409, "last_owner", "an owner cannot demote or deactivate themselves")
@@ -289,75 +228,76 @@ class MembersApi:
             None if body.approver_id is msgspec.UNSET else body.approver_id, body.active)
         updated = await staff_by_id(self.store, staff.id)
         assert updated is not None
-        return _json(200, _staff_out(updated))
+        return json_response(_staff_out(updated))
 
-    async def rotate_token(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.STAFF_MANAGE)
-        staff = await self._own_staff(actor, _id(id, "staff"))
+    async def rotate_token(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.STAFF_MANAGE)
+        staff = await self._own_staff(actor, _staff_id(id))
         token = await rotate_staff_token(self.store, staff.id)
-        return _json(200, _staff_out(staff, token))
+        return json_response(_staff_out(staff, token))
 
     # -- attributes ----------------------------------------------------------------------------
 
-    async def list_attributes(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
+    async def list_attributes(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_READ)
         defs = await members.attribute_definitions(self.store, actor.merchant_id)
-        return _json(200, {"attributes": list(defs.values())})
+        return json_response({"attributes": list(defs.values())})
 
-    async def create_attribute(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_IMPORT)
+    async def create_attribute(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_IMPORT)
         body = decode(request.body, AttributeBody)
         defn = await members.define_attribute(self.store, actor.merchant_id, AttributeDef(
             name=body.name, label=body.label, type=body.type, choices=tuple(body.choices)))
-        return _json(201, defn)
+        return json_response(defn, 201)
 
     # -- groups --------------------------------------------------------------------------------
 
-    async def list_groups(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
-        return _json(200, {"groups": await members.list_groups(self.store, actor.merchant_id)})
+    async def list_groups(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_READ)
+        return json_response({"groups": await members.list_groups(self.store, actor.merchant_id)})
 
-    async def create_group(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_WRITE)
+    async def create_group(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_WRITE)
         body = decode(request.body, GroupBody)
         if body.parent_id is not None:
             try:
                 await members.group_chain(self.store, actor.merchant_id, body.parent_id)
             except NotFound:
                 raise ApiError(400, "invalid_field", f"parent_id: no group {body.parent_id}", field="parent_id") from None
-        return _json(201, await members.create_group(self.store, actor.merchant_id, body.name, body.parent_id))
+        group = await members.create_group(self.store, actor.merchant_id, body.name, body.parent_id)
+        return json_response(group, 201)
 
-    async def patch_group(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_WRITE)
+    async def patch_group(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.MEMBERS_WRITE)
         body = decode(request.body, GroupPatch)
-        return _json(200, await members.update_group(self.store, actor.merchant_id, _id(id, "group"),
+        return json_response(await members.update_group(self.store, actor.merchant_id, _group_id(id),
                                                      name=body.name, parent_id=body.parent_id))
 
-    async def group_members(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
-        query = _query(request)
-        group_id = _id(id, "group")
+    async def group_members(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.MEMBERS_READ)
+        group_id = _group_id(id)
         await members.group_chain(self.store, actor.merchant_id, group_id)
-        sub = query.get("subgroups", "true").lower()
+        sub = (query_str(request, "subgroups") or "true").lower()
         if sub not in ("true", "false", "1", "0"):
             raise ApiError(400, "invalid_field", "subgroups is true or false", field="subgroups")
-        after = _int_param(query, "after", 0)
-        limit = _int_param(query, "limit", 100, low=1, high=members.MAX_PAGE)
+        after = query_int(request, "after", 0)
+        limit = query_int(request, "limit", 100, low=1, high=members.MAX_PAGE)
         found = await members.list_members(self.store, actor.merchant_id, group_id=group_id,
                                            subgroups=sub in ("true", "1"), after=after, limit=limit)
         return await self._page(found, limit)
 
-    async def add_group_members(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_WRITE)
+    async def add_group_members(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.MEMBERS_WRITE)
         body = decode(request.body, GroupMembersBody)
         ids = [(await members.member_by_ref(self.store, actor.merchant_id, ref)).id for ref in body.members]
-        await members.add_to_group(self.store, actor.merchant_id, _id(id, "group"), ids)
-        return _json(200, {"group_id": int(id), "added": sorted(set(ids))})
+        group_id = _group_id(id)
+        await members.add_to_group(self.store, actor.merchant_id, group_id, ids)
+        return json_response({"group_id": group_id, "added": sorted(set(ids))})
 
-    async def remove_group_member(self, request: Request, *, id: str, member: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_WRITE)
+    async def remove_group_member(self, request: Request, actor: Staff, *, id: str, member: str) -> Response:
+        require(actor, Permission.MEMBERS_WRITE)
         found = await members.member_by_ref(self.store, actor.merchant_id, member)
-        removed = await members.remove_from_group(self.store, actor.merchant_id, _id(id, "group"), found.id)
+        removed = await members.remove_from_group(self.store, actor.merchant_id, _group_id(id), found.id)
         if not removed:
             raise ApiError(404, "member_not_found", f"member {member} is not in group {id}")
         return Response(status=204)
@@ -375,31 +315,30 @@ class MembersApi:
 
     async def _page(self, found: list[members.Member], limit: int) -> Response:
         next_after = found[-1].id if len(found) == limit else None
-        return _json(200, {"members": await self._out(found), "next_after": next_after})
+        return json_response({"members": await self._out(found), "next_after": next_after})
 
     async def _profile(self, merchant_id: int, body: MemberBody):
         values = {f: getattr(body, f) for f in STANDARD_FIELDS if getattr(body, f) is not msgspec.UNSET}
         definitions = await members.attribute_definitions(self.store, merchant_id)
         return clean_profile(values, body.attributes, definitions)
 
-    async def list_members(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
-        query = _query(request)
-        phone = query.get("phone")
+    async def list_members(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_READ)
+        phone = query_str(request, "phone")
         if phone is not None:
             phone = clean_field("phone", phone)
-        group = query.get("group")
+        group = query_str(request, "group")
         group_id = None
         if group is not None:
-            group_id = _int_param(query, "group", 0)
+            group_id = query_int(request, "group", 0)
             await members.group_chain(self.store, actor.merchant_id, group_id)
-        limit = _int_param(query, "limit", 100, low=1, high=members.MAX_PAGE)
+        limit = query_int(request, "limit", 100, low=1, high=members.MAX_PAGE)
         found = await members.list_members(self.store, actor.merchant_id, phone=phone, group_id=group_id,
-                                           after=_int_param(query, "after", 0), limit=limit)
+                                           after=query_int(request, "after", 0), limit=limit)
         return await self._page(found, limit)
 
-    async def create_member(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_WRITE)
+    async def create_member(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_WRITE)
         body = decode(request.body, MemberBody)
         if body.phone is msgspec.UNSET:
             raise ApiError(400, "invalid_field", "phone is required", field="phone")
@@ -410,7 +349,7 @@ class MembersApi:
         if body.groups is not msgspec.UNSET:
             await members.set_member_groups(self.store, actor.merchant_id, member.id, body.groups)
         log.info("member created merchant_id=%d member=%s by=%d", actor.merchant_id, member.member_no, actor.id)
-        return _json(201, (await self._out([member]))[0])
+        return json_response((await self._out([member]))[0], 201)
 
     async def _check_groups(self, merchant_id: int, group_ids: list[int]) -> None:
         for g in group_ids:
@@ -419,13 +358,13 @@ class MembersApi:
             except NotFound:
                 raise ApiError(400, "invalid_field", f"groups: no group {g}", field="groups") from None
 
-    async def get_member(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
+    async def get_member(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.MEMBERS_READ)
         member = await members.member_by_ref(self.store, actor.merchant_id, id)
-        return _json(200, (await self._out([member]))[0])
+        return json_response((await self._out([member]))[0])
 
-    async def patch_member(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_WRITE)
+    async def patch_member(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.MEMBERS_WRITE)
         member = await members.member_by_ref(self.store, actor.merchant_id, id)
         body = decode(request.body, MemberBody)
         profile = await self._profile(actor.merchant_id, body)
@@ -434,29 +373,29 @@ class MembersApi:
         member = await members.update_member(self.store, actor.merchant_id, member.id, profile)
         if body.groups is not msgspec.UNSET:
             await members.set_member_groups(self.store, actor.merchant_id, member.id, body.groups)
-        return _json(200, (await self._out([member]))[0])
+        return json_response((await self._out([member]))[0])
 
-    async def member_points(self, request: Request, *, id: str) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_READ)
+    async def member_points(self, request: Request, actor: Staff, *, id: str) -> Response:
+        require(actor, Permission.MEMBERS_READ)
         member = await members.member_by_ref(self.store, actor.merchant_id, id)
-        limit = _int_param(_query(request), "limit", 50, low=1, high=500)
-        return _json(200, {"member_id": member.id, "member_no": member.member_no,
+        limit = query_int(request, "limit", 50, low=1, high=500)
+        return json_response({"member_id": member.id, "member_no": member.member_no,
                            "balance": await points.balance_of(self.store, member.id),
                            "transactions": await points.history(self.store, actor.merchant_id, member.id,
                                                                 limit=limit)})
 
-    async def import_members(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_IMPORT)
+    async def import_members(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_IMPORT)
         content_type = request.headers.get("content-type", "text/csv").split(";")[0].strip().lower()
         if content_type not in ("text/csv", "application/csv", "text/plain", "application/octet-stream"):
             raise ApiError(415, "unsupported_media_type", "send the file as text/csv")
         report = await csvio.import_members(self.store, actor.merchant_id, request.body)
         log.info("members imported merchant_id=%d rows=%d created=%d updated=%d bad=%d", actor.merchant_id,
                  report.rows, report.created, report.updated, report.bad_rows)
-        return _json(200, report)
+        return json_response(report)
 
-    async def export_members(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.MEMBERS_EXPORT)
+    async def export_members(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.MEMBERS_EXPORT)
         body = await csvio.export_members(self.store, actor.merchant_id)
         return Response(status=200, body=body, content_type=CSV_TYPE,
                         headers=[("Content-Disposition", 'attachment; filename="members.csv"')])
@@ -474,43 +413,43 @@ class MembersApi:
             return found
         return await members.member_by_ref(self.store, merchant_id, member)
 
-    async def purchase(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.POINTS_EARN)
+    async def purchase(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.POINTS_EARN)
         body = decode(request.body, PurchaseBody)
         member = await self._target(actor.merchant_id, body.member, body.phone)
         earned = points.points_for_purchase(body.amount_fen, (await settings_for(self.store, actor.merchant_id)).points_per_yuan)
         if earned == 0:
             original = await points.transaction_by_key(self.store, actor.merchant_id, body.key)
             if original is not None:
-                return _json(200, original)
-            return _json(200, {"member_id": member.id, "points": 0, "balance": await points.balance_of(
+                return json_response(original)
+            return json_response({"member_id": member.id, "points": 0, "balance": await points.balance_of(
                 self.store, member.id), "key": body.key, "note": "the purchase earns no points"})
         tx = await points.record(self.store, actor.merchant_id, member.id, "earn", earned, body.key,
                                  amount_fen=body.amount_fen, note=body.note, staff_id=actor.id)
-        return _json(200 if tx.duplicate else 201, tx)
+        return json_response(tx, 200 if tx.duplicate else 201)
 
-    async def redeem(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.POINTS_REDEEM)
+    async def redeem(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.POINTS_REDEEM)
         body = decode(request.body, PointsBody)
         if body.points <= 0:
             raise ApiError(400, "invalid_field", "points to redeem must be a positive whole number", field="points")
         member = await self._target(actor.merchant_id, body.member, body.phone)
         tx = await points.record(self.store, actor.merchant_id, member.id, "redeem", -body.points, body.key,
                                  note=body.note, staff_id=actor.id)
-        return _json(200 if tx.duplicate else 201, tx)
+        return json_response(tx, 200 if tx.duplicate else 201)
 
-    async def adjust(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.POINTS_ADJUST)
+    async def adjust(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.POINTS_ADJUST)
         body = decode(request.body, PointsBody)
         if body.points == 0:
             raise ApiError(400, "invalid_field", "an adjustment moves a non-zero number of points", field="points")
         member = await self._target(actor.merchant_id, body.member, body.phone)
         tx = await points.record(self.store, actor.merchant_id, member.id, "adjust", body.points, body.key,
                                  note=body.note, staff_id=actor.id)
-        return _json(200 if tx.duplicate else 201, tx)
+        return json_response(tx, 200 if tx.duplicate else 201)
 
-    async def expire(self, request: Request) -> Response:
-        actor = await self.actor(request, Permission.POINTS_ADJUST)
+    async def expire(self, request: Request, actor: Staff) -> Response:
+        require(actor, Permission.POINTS_ADJUST)
         body = decode(request.body or b"{}", ExpireBody)
         days = body.days or (await settings_for(self.store, actor.merchant_id)).points_expire_days
         if days is None:
@@ -521,19 +460,12 @@ class MembersApi:
         result = await points.expire(self.store, actor.merchant_id, cutoff=points.expiry_cutoff(now, days), run=run)
         log.info("points expired merchant_id=%d run=%s members=%d points=%d", actor.merchant_id, run,
                  result.members, result.points)
-        return _json(200, result)
-
-
-async def rotate_staff_token(store: Store, staff_id: int) -> str:
-    """A new API token for the staff member (the old one stops working); shown once."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    await store.execute("UPDATE crm_staff SET token_hash = $2 WHERE id = $1", staff_id, hash_token(token))
-    return token
+        return json_response(result)
 
 
 def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: Authenticate) -> MembersApi:
     """Add the members part's routes to ``router`` (``outbox`` unused: REST calls send nothing)."""
-    api = MembersApi(store, authenticate)
+    api = MembersApi(store)
     routes = [
         ("GET", "/v1/crm/settings", api.get_settings), ("PATCH", "/v1/crm/settings", api.patch_settings),
         ("GET", "/v1/crm/staff", api.list_staff), ("POST", "/v1/crm/staff", api.create_staff),
@@ -553,6 +485,5 @@ def register_routes(router: Router, store: Store, outbox: Outbox, authenticate: 
         ("POST", "/v1/crm/points/redeem", api.redeem), ("POST", "/v1/crm/points/adjust", api.adjust),
         ("POST", "/v1/crm/points/expire", api.expire),
     ]
-    for method, pattern, handler in routes:
-        router.add(method, pattern, _guarded(handler, pattern))
+    add_routes(router, authenticate, routes)
     return api

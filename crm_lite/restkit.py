@@ -1,10 +1,23 @@
-"""Small helpers shared by the lottery and approval REST routes: body decoding with the field
-named, JSON answers, and one place that turns domain errors into SPEC's error shape.
+"""The REST toolkit of every ``/v1/crm/...`` route (members, points, settings, staff,
+lotteries, approvals): body decoding with the field named, JSON answers, path ids, query
+parameters, and :func:`guarded`, the one place that turns errors into SPEC's error shape
+``{"error": {"code", "message"[, "field"]}}``.
 
-Every route handler is wrapped by :func:`guarded`: :class:`~gateway.api.ApiError` becomes its
-response, :class:`~crm_lite.staff.Forbidden` a 403 ``forbidden``, an unreachable database a
-503, a constraint violation a 409 ``conflict``, and a :class:`DomainError` the status and code
-it carries. Bad input never answers 500.
+REST plumbing only: the errors it maps live in :mod:`crm_lite.errors` (and ``gateway``'s),
+and no domain module imports this one.
+
+What :func:`guarded` answers, error by error (bad input is never a 500):
+
+- :class:`~gateway.api.ApiError`: its status, code and headers;
+- :class:`~crm_lite.errors.Forbidden`: 403 ``forbidden`` ("...: ask an owner or manager");
+- any other :class:`~crm_lite.errors.CrmError` (``InvalidInput``, ``CsvFileError``,
+  ``NotFound``, ``Conflict``...): its ``status`` and ``code``, with its ``field``;
+- :class:`~gateway.errors.StoreUnavailable`: 503 ``database_unavailable``, ``Retry-After: 5``;
+- :class:`~gateway.errors.StoreConflict`: 409 ``conflict``, naming the constraint;
+- any other :class:`~gateway.errors.StoreError`: 503 ``storage_error``, ``Retry-After: 5``.
+
+The two 503s are the HTTP API's own (:mod:`gateway.api`), so a client retries CRM calls and
+send requests alike.
 """
 
 from __future__ import annotations
@@ -13,45 +26,36 @@ import functools
 import logging
 import re
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
 
 from gateway.api import ApiError
-from gateway.errors import GatewayError, StoreConflict, StoreUnavailable
-from gateway.http import Request, Response
+from gateway.errors import StoreConflict, StoreError, StoreUnavailable
+from gateway.http import Request, Response, Router
 
-from .staff import Forbidden, Staff
+from .errors import CrmError, Forbidden
+from .staff import Staff
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Authenticate = Callable[[Request], Awaitable[Staff]]
+"""Turns a request into the acting staff member, or raises a 401 :class:`ApiError`."""
+Handler = Callable[..., Awaitable[Response]]
+"""``handler(request, actor, **path_params) -> Response``."""
+
+MAX_ID = 2**62
+"""Path ids and query integers stay below this (PostgreSQL ``bigint`` with room to spare)."""
+RETRY_AFTER_S = 5
+"""Seconds a 503 asks the client to wait before retrying."""
 
 _encoder = msgspec.json.Encoder()
 _FIELD_RE = re.compile(r"`\$\.([^`\[]+)")
 _MISSING_RE = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
-MAX_ID = 2**62
-
-
-class DomainError(GatewayError):
-    """A request the domain refuses: carries the HTTP status and the SPEC error code."""
-
-    status = 409
-    code = "conflict"
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
-
-
-class NotFound(DomainError):
-    status = 404
-    code = "not_found"
+_INT_RE = re.compile(r"-?[0-9]{1,19}")
+"""ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int()`` refuses."""
 
 
 def decode(body: bytes, type_: type[T]) -> T:
@@ -72,11 +76,21 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(status=status, body=_encoder.encode(obj))
 
 
-def path_id(value: str, name: str = "id") -> int:
-    """A positive integer path segment; anything else is a 404 (no such resource)."""
-    if not value.isdigit() or not 0 < int(value) < MAX_ID:
-        raise ApiError(404, "not_found", f"no such {name}: {value!r}")
-    return int(value)
+def _whole_number(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as an integer in ``[low, high]``, or ``None``."""
+    if not _INT_RE.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
+def path_id(value: str, what: str, *, code: str = "not_found") -> int:
+    """A positive integer path segment naming a ``what``; anything else is a 404 ``code``
+    (no such resource), since no resource has that id."""
+    found = _whole_number(value, 1, MAX_ID - 1)
+    if found is None:
+        raise ApiError(404, code, f"no {what} {value!r}")
+    return found
 
 
 def query_str(request: Request, name: str) -> str | None:
@@ -85,35 +99,52 @@ def query_str(request: Request, name: str) -> str | None:
     return values[-1] if values else None
 
 
-def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+def query_int(request: Request, name: str, default: int, *, low: int = 0, high: int = MAX_ID) -> int:
+    """Query parameter ``name`` as an integer from ``low`` to ``high`` (``default`` when absent
+    or empty); anything else is a 400 naming it."""
     raw = query_str(request, name)
     if raw is None or raw == "":
         return default
-    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_field", f"{name} must be an integer from {low} to {high}", field=name)
-    return int(raw)
+    found = _whole_number(raw, low, high)
+    if found is None:
+        raise ApiError(400, "invalid_field", f"query parameter {name} must be a whole number from {low} to {high}",
+                       field=name)
+    return found
 
 
-def guarded(authenticate: Authenticate,
-            handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """A route handler that authenticates the caller and maps errors to SPEC responses.
-    ``handler(request, actor, **params)``."""
+def guarded(authenticate: Authenticate, handler: Handler, *, route: str | None = None) -> Handler:
+    """A route handler that authenticates the caller, runs ``handler(request, actor, **params)``
+    and answers every error kind in SPEC's shape (see the module's table). ``route`` names the
+    route in log lines (default: the handler's qualified name)."""
+    label = route or getattr(handler, "__qualname__", repr(handler))
 
     @functools.wraps(handler)
-    async def route(request: Request, **params: str) -> Response:
+    async def guarded_route(request: Request, **params: str) -> Response:
         try:
             actor = await authenticate(request)
             return await handler(request, actor, **params)
         except ApiError as exc:
             return exc.response()
         except Forbidden as exc:
-            return ApiError(403, "forbidden", str(exc)).response()
-        except DomainError as exc:
-            return ApiError(exc.status, exc.code, str(exc)).response()
-        except StoreConflict as exc:  # input that clashes with what is stored, caught by a constraint
-            return ApiError(409, "conflict", f"the request clashes with stored data ({exc.constraint or exc})").response()
+            return ApiError(exc.status, exc.code, f"{exc.message}: ask an owner or manager").response()
+        except CrmError as exc:
+            return ApiError(exc.status, exc.code, exc.message, field=exc.field).response()
         except StoreUnavailable as exc:
-            log.warning("crm request failed: database unavailable path=%s error=%s", request.path, exc)
-            return ApiError(503, "unavailable", "the database is unreachable; try again").response()
+            log.warning("database unavailable route=%s error=%s", label, exc)
+            return ApiError(503, "database_unavailable", "the database is unreachable; retry later",
+                            headers=[("Retry-After", str(RETRY_AFTER_S))]).response()
+        except StoreConflict as exc:  # input that clashes with what is stored, caught by a constraint
+            return ApiError(409, "conflict", "the request clashes with stored data"
+                            f" ({exc.constraint or 'a constraint'})").response()
+        except StoreError as exc:
+            log.error("store error route=%s error=%s", label, exc)
+            return ApiError(503, "storage_error", "the store failed; retry later",
+                            headers=[("Retry-After", str(RETRY_AFTER_S))]).response()
 
-    return route
+    return guarded_route
+
+
+def add_routes(router: Router, authenticate: Authenticate, routes: Iterable[tuple[str, str, Handler]]) -> None:
+    """Add each ``(method, pattern, handler)`` to ``router``, :func:`guarded`."""
+    for method, pattern, handler in routes:
+        router.add(method, pattern, guarded(authenticate, handler, route=f"{method} {pattern}"))

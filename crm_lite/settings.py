@@ -13,9 +13,9 @@ import re
 import msgspec
 
 from gateway.router.commands import normalize_text
-from gateway.store import Store
+from gateway.store import Merchant, Store
 
-from .errors import InvalidInput
+from .errors import InvalidInput, NotFound
 
 DEFAULT_JOIN_KEYWORD = "1"
 DEFAULT_POINTS_KEYWORD = "2"
@@ -114,3 +114,13 @@ async def update_settings(store: Store, merchant_id: int, *, join_keyword: str |
             new["points_per_yuan"], days)
     assert row is not None
     return MerchantSettings(**dict(row))
+
+
+async def merchant_by_id(store: Store, merchant_id: int) -> Merchant:
+    """The merchant with this id (its name, account, service number and signature, for the
+    notices the CRM sends); :class:`~crm_lite.errors.NotFound` if there is none."""
+    row = await store.fetchrow("SELECT id, name, account_id, service_number, signature FROM merchants"
+                               " WHERE id = $1", merchant_id)
+    if row is None:
+        raise NotFound(None, f"no merchant {merchant_id}")
+    return Merchant(**dict(row))

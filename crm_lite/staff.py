@@ -14,8 +14,9 @@ from enum import StrEnum
 
 import msgspec
 
-from gateway.errors import GatewayError
 from gateway.store import Store
+
+from .errors import Forbidden
 
 TOKEN_PREFIX = "crm_"
 
@@ -52,15 +53,6 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 """What each role may do. Owners manage staff; managers everything else; cashiers serve
 members at the till; waiters look members up and file requests."""
-
-
-class Forbidden(GatewayError):
-    """The actor's role does not allow the action."""
-
-    def __init__(self, role: Role, permission: Permission) -> None:
-        super().__init__(f"a {role} may not {permission}")
-        self.role = role
-        self.permission = permission
 
 
 class Staff(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,3 +117,10 @@ async def staff_by_token(store: Store, token: str) -> Staff | None:
     row = await store.fetchrow(f"SELECT {_COLUMNS} FROM crm_staff WHERE token_hash = $1 AND active",
                                hash_token(token))
     return None if row is None else _staff(row)
+
+
+async def rotate_staff_token(store: Store, staff_id: int) -> str:
+    """A new API token for the staff member (the old one stops working); shown once."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    await store.execute("UPDATE crm_staff SET token_hash = $2 WHERE id = $1", staff_id, hash_token(token))
+    return token

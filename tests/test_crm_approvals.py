@@ -13,6 +13,7 @@ import trio
 
 from crm_lite import approvals as ap
 from crm_lite.approvals_api import register_routes
+from crm_lite.errors import InvalidInput
 from crm_lite.staff import Role, Staff, create_staff, staff_by_token
 from gateway.api import ApiError
 from gateway.router.commands import InboundCommand, parse_command
@@ -131,7 +132,7 @@ def test_parse_sp_and_decisions():
     assert ap.parse_sp("sp Taxi 0.01 Airport run") == ("Taxi", 1, "Airport run")
     for bad in ["SP", "SP 报销", "SP 报销 500", "SP 报销 abc 出差", "SP 报销 -5 出差", "SP 报销 1.234 出差",
                 "SP 报销 0 出差", "SP 报销 99999999999 出差", "SP " + "长" * 21 + " 5 出差"]:
-        with pytest.raises(ap.MalformedRequest):
+        with pytest.raises(InvalidInput):
             ap.parse_sp(bad)
     assert ap.parse_decision("Y12") == (True, 12)
     assert ap.parse_decision("N7") == (False, 7)

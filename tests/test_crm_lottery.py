@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crm_lite import lottery as lt
+from crm_lite.errors import AlreadyDrawn, Conflict, InvalidInput
 from crm_lite.lottery_api import register_routes
 from crm_lite.staff import Role, create_staff, staff_by_token
 from gateway.api import ApiError
@@ -202,12 +203,14 @@ async def test_no_lottery_and_other_keywords(shop):
                             ends_at=now() + HOUR)
     assert await handler.commands(shop.merchant) == [("ZQ", "参加「周年庆」抽奖")]
     assert "回复ZQ参加「周年庆」抽奖" in await handler.help_text(shop.merchant)
-    with pytest.raises(lt.InvalidLottery):
+    with pytest.raises(InvalidInput) as bad:
         await lt.create_lottery(shop.store, shop.merchant.id, name="x", keyword="Y12", starts_at=now(),
                                 ends_at=now() + HOUR)
-    with pytest.raises(lt.LotteryError, match="overlapping"):
+    assert bad.value.field == "keyword"
+    with pytest.raises(Conflict, match="overlapping") as clash:
         await lt.create_lottery(shop.store, shop.merchant.id, name="again", keyword="ZQ", starts_at=now(),
                                 ends_at=now() + HOUR)
+    assert (clash.value.status, clash.value.code) == (409, "keyword_taken")
 
 
 async def test_the_merchants_own_lottery_keyword(shop):
@@ -234,14 +237,14 @@ async def test_concurrent_draws_draw_once_and_never_oversell(shop):
     async def one():
         try:
             outcomes.append(len(await lt.draw_lottery(shop.store, shop.merchant.id, lot.id)))
-        except lt.AlreadyDrawn as exc:
+        except AlreadyDrawn as exc:
             outcomes.append(exc)
 
     async with trio.open_nursery() as nursery:
         for _ in range(4):
             nursery.start_soon(one)
     assert sorted(o for o in outcomes if isinstance(o, int)) == [4]
-    assert sum(isinstance(o, lt.AlreadyDrawn) for o in outcomes) == 3
+    assert sum(isinstance(o, AlreadyDrawn) and o.code == "already_drawn" for o in outcomes) == 3
     rows = await shop.store.fetch("SELECT prize_id, count(*) AS n FROM crm_lottery_winners GROUP BY prize_id")
     assert sorted(r["n"] for r in rows) == [1, 3]
     # the database itself refuses a unit beyond the stock, whatever code tries it

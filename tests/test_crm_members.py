@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from crm_lite.csvio import CsvFileError, export_members, import_members
-from crm_lite.errors import Conflict, InvalidInput
+from crm_lite.csvio import export_members, import_members
+from crm_lite.errors import Conflict, CsvFileError, InvalidInput
 from crm_lite.members import (
     add_to_group,
     attribute_definitions,

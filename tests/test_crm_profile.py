@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crm_lite.csvio import CsvFileError, RowError, decode_csv, parse_csv
-from crm_lite.errors import InvalidInput
+from crm_lite.csvio import RowError, decode_csv, parse_csv
+from crm_lite.errors import CsvFileError, InvalidInput
 from crm_lite.points import points_for_purchase
 from crm_lite.profile import (
     AttributeDef,

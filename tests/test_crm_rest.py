@@ -239,3 +239,21 @@ async def test_settings_and_expiry_over_http(crm):
         result = (await owner.post("/v1/crm/points/expire", json={"run": "nightly-1"})).json()
         assert (result["members"], result["points"]) == (0, 0)   # earned today: nothing is a year old
         assert (await owner.get(f"/v1/crm/members/{member['id']}")).json()["points"] == 5
+
+
+async def test_odd_ids_and_numbers_answer_4xx_never_500(crm):
+    # Digits that str.isdigit takes but int() or the database does not: superscripts, other scripts,
+    # doubled signs, ids past bigint. Members, lottery and approval routes share one toolkit.
+    async with crm.client("owner") as owner:
+        _error(await owner.get("/v1/crm/members", params={"limit": "²"}), 400, "invalid_field", "limit")
+        _error(await owner.get("/v1/crm/members", params={"after": "--5"}), 400, "invalid_field", "after")
+        _error(await owner.get("/v1/crm/groups/1/members", params={"limit": "٣"}), 404, "group_not_found")
+        _error(await owner.patch("/v1/crm/groups/²", json={"name": "x"}), 404, "group_not_found")
+        _error(await owner.post("/v1/crm/staff/" + "9" * 30 + "/token"), 404, "staff_not_found")
+        _error(await owner.get("/v1/crm/members/1/points", params={"limit": "1e3"}), 404, "member_not_found")
+        _error(await owner.get("/v1/crm/lotteries/²"), 404, "not_found")
+        _error(await owner.get("/v1/crm/approvals", params={"limit": "²"}), 400, "invalid_field", "limit")
+        _error(await owner.get("/v1/crm/approvals/٣"), 404, "not_found")
+        member = (await owner.post("/v1/crm/members", json={"phone": "13800138009"})).json()
+        _error(await owner.get(f"/v1/crm/members/{member['id']}/points", params={"limit": "²"}),
+               400, "invalid_field", "limit")

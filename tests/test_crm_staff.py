@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from crm_lite.errors import Forbidden
 from crm_lite.staff import (
-    Forbidden,
     Permission,
     Role,
     create_staff,
