@@ -195,7 +195,8 @@ def _parse_msisdn(raw: str) -> tuple[str, Operator]:
         raise InvalidNumber(raw, "not a string")
     if len(raw) > MAX_RAW_NUMBER_LENGTH:
         raise InvalidNumber(raw, "too long")
-    s = raw.strip().translate(_NUMBER_CLEANUP)
+    # Nearly every number arrives as plain ASCII digits: nothing to clean up then.
+    s = raw if raw.isdigit() and raw.isascii() else raw.strip().translate(_NUMBER_CLEANUP)
     if not s:
         raise InvalidNumber(raw, "empty")
     if s[0] == "+":
