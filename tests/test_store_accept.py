@@ -43,14 +43,18 @@ async def test_a_batch_of_several_requests_stores_each_request_fields_on_its_own
                       dlr_url="http://y/%d", dlr_mask=3),
         AcceptRequest(account_id=a.id, messages=(_msg("13700137000", "x" * 200, "gsm7", 2),
                                                  _msg("13700137001", "other", "gsm7", 1))),
+        # the first request's fields again with another text, and its text again from b
+        AcceptRequest(account_id=a.id, messages=(_msg("13600136000", "bye"),),
+                      priority=3, msg_class="marketing", validity_s=600, callback_url="http://x/cb", sender="12"),
+        AcceptRequest(account_id=b.id, messages=(_msg("13500135000", "hi"),)),
     ]
     results = await store.accept(batch)
-    assert [len(r.messages) for r in results] == [2, 1, 2]
+    assert [len(r.messages) for r in results] == [2, 1, 2, 1, 1]
     assert not any(r.duplicate for r in results)
     rows = {r["dest"]: r for r in await store.fetch(
         "SELECT m.*, q.priority AS q_priority, extract(epoch FROM m.expires_at - m.created_at) AS validity"
         " FROM messages m JOIN outbound_queue q ON q.message_id = m.id")}
-    assert len(rows) == 5
+    assert len(rows) == 7
     for res, req in zip(results, batch):
         for stored, new in zip(res.messages, req.messages):
             row = rows[new.dest]
@@ -62,4 +66,4 @@ async def test_a_batch_of_several_requests_stores_each_request_fields_on_its_own
             assert (row["client_ref"], row["dlr_url"], row["dlr_mask"]) == (req.client_ref, req.dlr_url, req.dlr_mask)
             assert row["validity"] == req.validity_s and row["status"] == "accepted"
     ids = [m.id for r in results for m in r.messages]
-    assert len(set(ids)) == 5 and all(x.id < y.id for r in results for x, y in zip(r.messages, r.messages[1:]))
+    assert len(set(ids)) == 7 and all(x.id < y.id for r in results for x, y in zip(r.messages, r.messages[1:]))
