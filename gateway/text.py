@@ -383,7 +383,7 @@ def plan(text: str, *, max_parts: int = 10, concat_ref_bits: int = 8) -> Segment
         encoding = Encoding.GSM7
         single = GSM7_SINGLE_SEPTETS
         heavy = _GSM_EXT
-        heavy_count = sum(map(text.count, _GSM_EXT_CHARS))
+        heavy_count = len(_GSM_EXT.findall(text))  # one scan, not one per extension character
     else:
         encoding = Encoding.UCS2
         single = UCS2_SINGLE_UNITS
