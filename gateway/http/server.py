@@ -605,13 +605,14 @@ class _Timer:
 
 class _SocketIO:
     """Receive and send on a connected TCP socket with one pass through the scheduler a
-    request, not three.
+    request, not two.
 
     Trio's ``SocketStream`` first tries each ``recv`` (which on a keep-alive connection has
-    nothing yet, right after the response went out) and, after a ``send`` that went through,
-    passes through the scheduler once more. Here a receive waits for readiness, then reads;
-    a send writes what the socket takes at once and waits only for the rest. The wait for
-    the next request remains the connection's checkpoint: cancellation and deadlines act there.
+    nothing yet, right after the response went out: a failed system call and an exception)
+    and, after a ``send`` that went through, passes through the scheduler once more.
+    Here a receive waits for readiness, then reads; a send writes what the socket takes at
+    once and waits only for the rest. The wait for the next request remains the
+    connection's checkpoint: cancellation and deadlines act there.
     """
 
     __slots__ = ("_fd", "_stream")
