@@ -195,7 +195,8 @@ def _parse_msisdn(raw: str) -> tuple[str, Operator]:
         raise InvalidNumber(raw, "not a string")
     if len(raw) > MAX_RAW_NUMBER_LENGTH:
         raise InvalidNumber(raw, "too long")
-    s = raw.strip().translate(_NUMBER_CLEANUP)
+    # Nearly every number arrives as plain ASCII digits: nothing to clean up then.
+    s = raw if raw.isdigit() and raw.isascii() else raw.strip().translate(_NUMBER_CLEANUP)
     if not s:
         raise InvalidNumber(raw, "empty")
     if s[0] == "+":
@@ -382,7 +383,7 @@ def plan(text: str, *, max_parts: int = 10, concat_ref_bits: int = 8) -> Segment
         encoding = Encoding.GSM7
         single = GSM7_SINGLE_SEPTETS
         heavy = _GSM_EXT
-        heavy_count = sum(map(text.count, _GSM_EXT_CHARS))
+        heavy_count = len(_GSM_EXT.findall(text))  # one scan, not one per extension character
     else:
         encoding = Encoding.UCS2
         single = UCS2_SINGLE_UNITS

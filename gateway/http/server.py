@@ -19,6 +19,7 @@ import enum
 import errno
 import logging
 import math
+import os
 import re
 import time
 from collections import deque
@@ -602,6 +603,55 @@ class _Timer:
         self.scope = trio.CancelScope()
 
 
+class _SocketIO:
+    """Receive and send on a connected TCP socket with one pass through the scheduler a
+    request, not two.
+
+    Trio's ``SocketStream`` first tries each ``recv`` (which on a keep-alive connection has
+    nothing yet, right after the response went out: a failed system call and an exception)
+    and, after a ``send`` that went through, passes through the scheduler once more.
+    Here a receive waits for readiness, then reads; a send writes what the socket takes at
+    once and waits only for the rest. The wait for the next request remains the
+    connection's checkpoint: cancellation and deadlines act there.
+    """
+
+    __slots__ = ("_fd", "_stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._fd = stream.socket.fileno()
+
+    async def receive(self) -> bytes:
+        fd = self._fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, READ_SIZE)
+            except BlockingIOError:  # readiness without data: wait again
+                continue
+
+    async def send(self, data: bytes) -> None:
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):  # the socket's buffer is full: the rest goes when it drains
+            await self._stream.send_all(memoryview(data)[sent:])
+
+
+class _StreamIO:
+    """The same two operations over any other ``trio.abc.Stream``."""
+
+    __slots__ = ("receive_some", "send")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.receive_some = stream.receive_some
+        self.send = stream.send_all
+
+    async def receive(self) -> bytes:
+        return await self.receive_some(READ_SIZE)
+
+
 class _Server:
     """State shared by the connections of one :func:`serve_http`.
 
@@ -668,8 +718,9 @@ class _Server:
         handler = self.handler
         conn = HttpConnection(limits, remote)
         requests = conn.requests
-        receive_some = stream.receive_some
-        send_all = stream.send_all
+        io = _SocketIO(stream) if type(stream) is trio.SocketStream else _StreamIO(stream)
+        receive = io.receive
+        send = io.send
         keepalive_timeout = limits.keepalive_timeout + TIMER_TICK
         tracked = _IDLE
         reading = False
@@ -697,7 +748,7 @@ class _Server:
                         except Exception:
                             data = self._failed(request, keep_alive, http10)
                         timer.deadline = self.now + keepalive_timeout
-                        await send_all(data)
+                        await send(data)
                         if not keep_alive:
                             return
                         served = True
@@ -715,7 +766,7 @@ class _Server:
                             )
                         return
                     if conn.continue_needed:
-                        await send_all(CONTINUE_RESPONSE)
+                        await send(CONTINUE_RESPONSE)
                         conn.continue_was_sent()
                     phase = conn.phase
                     if phase is not _IDLE and (served or phase is not tracked):
@@ -724,7 +775,7 @@ class _Server:
                         timer.deadline = self.deadline_after(timeout)
                     tracked = phase
                     reading = True
-                    data = await receive_some(READ_SIZE)
+                    data = await receive()
                     if timer.expired:  # the deadline passed while the data was on its way
                         break
                     reading = False

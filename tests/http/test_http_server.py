@@ -872,3 +872,15 @@ async def test_peer_that_never_reads_is_dropped(server_factory, autojump_clock) 
     other = await server.connect()
     await other.send(GET % 1)
     assert (await other.response())[0] == 200
+
+
+async def test_response_larger_than_the_socket_buffer_arrives_whole(server_factory) -> None:
+    # The first write takes what the socket buffer holds; the rest waits for the reader.
+    server = await server_factory()
+    client = await server.connect()
+    await client.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" + GET % 7)
+    await trio.sleep(0.2)  # let the server fill the buffers and wait before anything is read
+    status, headers, body = await client.response()
+    assert status == 200 and len(body) == BIG_BODY and body.count(b"x") == BIG_BODY
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body)["query"] == "n=7"
