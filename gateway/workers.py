@@ -297,18 +297,18 @@ class MainHandler:
             remote = request.headers.pop(FORWARDED_FOR, None)
             if remote:
                 request.remote = remote
+        if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
+            return await self._router(request)
+        texts = await self._pool.scrape()  # first, so that this exposition counts its misses
         response = await self._router(request)
-        if request.path == "/metrics" and request.method in ("GET", "HEAD") and response.status == 200:
-            texts = await self._pool.scrape()
-            if texts:
-                try:
-                    body = merge_expositions([response.body.decode("utf-8", "replace"), *texts])
-                except MetricsMergeError as exc:
-                    log.error("metrics of the workers could not be merged error=%s", exc)
-                else:
-                    response = Response(status=200, body=body, content_type=response.content_type,
-                                        headers=response.headers)
-        return response
+        if response.status != 200 or not texts:
+            return response
+        try:
+            body = merge_expositions([response.body.decode("utf-8", "replace"), *texts])
+        except MetricsMergeError as exc:
+            log.error("metrics of the workers could not be merged error=%s", exc)
+            return response
+        return Response(status=200, body=body, content_type=response.content_type, headers=response.headers)
 
 
 async def serve_wakeups(store: Store, url: str, on_wake: Callable[[], None], *, connect_timeout: float = 10.0,

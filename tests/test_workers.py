@@ -324,3 +324,69 @@ def test_sigkill_of_the_main_leaves_no_worker_behind(tmp_path, database_url):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
     assert "reason=the main process is gone" in (tmp_path / "gateway.log").read_text()
+
+
+async def test_a_stalled_worker_is_left_out_of_the_scrape(nursery, database_url):
+    from gateway.workers import METRICS_SCRAPE_TIMEOUT
+
+    gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel()],
+                             http=HttpConfig(listen="127.0.0.1:0", workers=2))
+    [worker] = _children(os.getpid())
+    await _post_each_on_a_new_connection(gw.url, gw.key, 20)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        text = None
+        # New connections until one lands on the main process (the stopped worker takes the others).
+        async with httpx.AsyncClient(base_url=gw.url, timeout=METRICS_SCRAPE_TIMEOUT + 3,
+                                     limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            for _ in range(12):
+                started = trio.current_time()
+                try:
+                    r = await client.get("/metrics")
+                except httpx.TimeoutException:
+                    continue
+                elapsed = trio.current_time() - started
+                text = r.text
+                break
+        assert text is not None
+        assert elapsed < METRICS_SCRAPE_TIMEOUT + 2  # the scrape waited for the worker no longer than that
+        assert _sample(text, "smsgw_http_process_requests_total", process="worker-1") == 0  # left out
+        assert _sample(text, "smsgw_http_process_requests_total", process="main") > 0
+        assert _sample(text, "smsgw_http_worker_scrape_misses_total") >= 1
+    finally:
+        os.kill(worker, signal.SIGCONT)
+
+
+async def test_the_wake_up_listener_listens_again_after_losing_its_connection(nursery, store, database_url):
+    from gateway.workers import WAKE_CHANNEL, serve_wakeups
+
+    wakes = 0
+    woken = trio.Event()
+
+    def on_wake() -> None:
+        nonlocal wakes, woken
+        wakes += 1
+        woken.set()
+
+    await nursery.start(serve_wakeups, store, database_url, on_wake)
+    await store.notify(WAKE_CHANNEL)
+    with trio.fail_after(5):
+        await woken.wait()
+    assert wakes == 1
+    # The listening session is killed: the listener notices, listens again, and wakes once for
+    # what it may have missed; notifications reach it again afterwards.
+    killed = await store.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                  " WHERE application_name = 'smsgw-listen'")
+    assert killed == 1
+    with trio.fail_after(10):
+        while wakes < 2:
+            await trio.sleep(0.05)
+    with trio.fail_after(10):
+        while not await store.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'smsgw-listen'"):
+            await trio.sleep(0.05)
+    before = wakes
+    woken = trio.Event()
+    await store.notify(WAKE_CHANNEL)
+    with trio.fail_after(5):
+        await woken.wait()
+    assert wakes == before + 1
