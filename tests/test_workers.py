@@ -390,3 +390,30 @@ async def test_the_wake_up_listener_listens_again_after_losing_its_connection(nu
     with trio.fail_after(5):
         await woken.wait()
     assert wakes == before + 1
+
+
+def test_the_workers_key_defaults_to_one_and_names_itself_when_bad():
+    from gateway.config import parse_config
+    from gateway.errors import ConfigError
+
+    assert parse_config("").http.workers == 1
+    assert parse_config("[http]\nworkers = 3\n").http.workers == 3
+    for bad in ("0", "65", '"two"'):
+        with pytest.raises(ConfigError, match=r"\$\.http\.workers"):
+            parse_config(f"[http]\nworkers = {bad}\n")
+
+
+def test_the_load_test_stack_passes_workers_on(tmp_path):
+    from gateway.config import parse_config
+    from loadtest.runner import Options, validate
+    from loadtest.scenarios import LoadTestError
+    from loadtest.stack import StackOptions, gateway_config
+
+    text = gateway_config(tmp_path, 8080, "127.0.0.1:7890", StackOptions(workers=3))
+    assert parse_config(text).http.workers == 3
+    validate(Options(scenario="single", rate=10, duration=1, workers=2))
+    with pytest.raises(LoadTestError, match="--workers"):
+        validate(Options(scenario="single", rate=10, duration=1, workers=0))
+    with pytest.raises(LoadTestError, match="--workers"):
+        validate(Options(scenario="single", rate=10, duration=1, workers=2, target="http://127.0.0.1:1",
+                         api_key="k"))
