@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 FORWARD_TIMEOUT = 120.0
 """Seconds a request passed on to the main process may take before the client gets a 504."""
 STDIN_READ = 4096
+NOTIFY_INTERVAL = 0.01
+"""Seconds at least between two wake-up notifications of one worker: under load, a batch
+commits every few milliseconds and each NOTIFY costs about a request's CPU; the dispatcher,
+busy then anyway, is woken at most this late."""
 
 #: Request headers not passed on: hop-by-hop fields (RFC 9110 section 7.6.1) and the framing
 #: the client sets again; and the forwarded-for header, which only this process may set.
@@ -71,11 +75,13 @@ def served_here(method: str, path: str) -> bool:
 
 class Notifier:
     """Sends ``NOTIFY`` on WAKE_CHANNEL after commits: :meth:`wake` is the intake's
-    ``on_commit``; at most one notification is on its way, and wakes that come meanwhile
-    make one more after it (never one per batch when batches come faster)."""
+    ``on_commit``. The first commit after a quiet spell is notified at once; wakes that come
+    while one is on its way, or within ``interval`` after it, make one more after that (so at
+    most one per committed batch, and far fewer under load)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, interval: float = NOTIFY_INTERVAL) -> None:
         self._store = store
+        self._interval = interval
         self._pending = trio.Event()
         self.sent = 0
 
@@ -92,6 +98,7 @@ class Notifier:
                 self.sent += 1
             except StoreError as exc:  # the dispatchers' idle poll finds the messages anyway
                 log.warning("wake-up notification failed channel=%s error=%s", WAKE_CHANNEL, exc)
+            await trio.sleep(self._interval)
 
 
 class _Gate(trio.abc.Listener[trio.SocketStream]):
@@ -282,7 +289,7 @@ async def serve_worker(start: WorkerStart, stdin: trio.abc.ReceiveStream, *,
                     if scope.cancelled_caught:
                         log.warning("http worker stopped with requests unanswered after %.0fs", WORKER_DRAIN_TIMEOUT)
                     nursery.cancel_scope.cancel()
-    log.info("http worker stopped")
+    log.info("http worker stopped notifications=%d passed_on=%d", notifier.sent, handler.passed_on)
 
 
 async def _main(start: WorkerStart) -> None:
