@@ -417,3 +417,31 @@ def test_the_load_test_stack_passes_workers_on(tmp_path):
     with pytest.raises(LoadTestError, match="--workers"):
         validate(Options(scenario="single", rate=10, duration=1, workers=2, target="http://127.0.0.1:1",
                          api_key="k"))
+
+
+async def test_a_commit_in_another_process_wakes_the_idle_dispatcher_through_notify(nursery, database_url):
+    """A worker's commit path (its own intake, its notifier) on its own: with an idle poll of a
+    minute, the main's dispatcher claims the message only if the NOTIFY reaches it."""
+    from gateway.config import DispatcherConfig, IntakeConfig
+    from gateway.intake import Intake
+    from gateway.metrics import Metrics
+    from gateway.store import AcceptRequest, NewMessage
+    from gateway.worker import Notifier
+
+    channel = ScriptedChannel(room=100)
+    gw = await start_gateway(nursery, database_url, channels=[channel],
+                             http=HttpConfig(listen="127.0.0.1:0", workers=2),
+                             dispatcher=DispatcherConfig(quiet_hours="", idle_poll=60.0))
+    notifier = Notifier(gw.store)
+    intake = Intake(gw.store, IntakeConfig(), Metrics(), on_commit=notifier.wake)
+    await nursery.start(notifier.run)
+    await nursery.start(intake.run)
+    await trio.sleep(1.0)  # the dispatcher has found the queue empty and waits
+    for n in range(3):
+        result = await intake.accept(AcceptRequest(account_id=gw.account.id, messages=(
+            NewMessage(dest=f"1380013800{n}", operator="cmcc", body="hi", encoding="gsm7", parts=1),)))
+        with trio.fail_after(5):
+            while len(channel.submitted) < n + 1:
+                await trio.sleep(0.01)
+        assert channel.submitted[-1].id == result.messages[0].id
+    assert notifier.sent >= 3 - 1  # the second and third may share one, 10 ms apart at most
