@@ -445,3 +445,48 @@ async def test_a_commit_in_another_process_wakes_the_idle_dispatcher_through_not
                 await trio.sleep(0.01)
         assert channel.submitted[-1].id == result.messages[0].id
     assert notifier.sent >= 3 - 1  # the second and third may share one, 10 ms apart at most
+
+
+async def test_a_stopping_worker_answers_every_request_it_took(nursery, database_url):
+    gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel(room=100_000)],
+                             http=HttpConfig(listen="127.0.0.1:0", workers=2))
+    [worker] = _children(os.getpid())
+    answers: list[httpx.Response] = []
+    lost = 0
+    stop = trio.Event()
+    async with httpx.AsyncClient(base_url=gw.url, headers=gw.headers, timeout=30,
+                                 limits=httpx.Limits(max_connections=16)) as client:
+        async def sender(i: int) -> None:
+            nonlocal lost
+            j = 0
+            while not stop.is_set():
+                j += 1
+                try:
+                    answers.append(await client.post("/v1/messages", json={
+                        "to": "13900000000", "text": "x", "client_ref": f"s{i}-{j}"}))
+                except httpx.TransportError:  # a connection the stopping worker closed
+                    lost += 1
+
+        async with trio.open_nursery() as senders:
+            for i in range(16):
+                senders.start_soon(sender, i)
+            await trio.sleep(1.0)
+            took = _sample((await client.get("/metrics")).text, "smsgw_http_process_requests_total",
+                           process="worker-1")
+            assert took > 0  # the worker is serving some of the connections
+            os.kill(worker, signal.SIGTERM)
+            await trio.sleep(1.5)
+            stop.set()
+    codes = {a.status_code for a in answers}
+    assert codes <= {202, 503}, codes
+    refused = [a.json()["error"]["code"] for a in answers if a.status_code == 503]
+    assert set(refused) <= {"shutting_down", "service_unavailable"}
+    accepted = {a.json()["messages"][0]["id"] for a in answers if a.status_code == 202}
+    stored = {str(r["id"]) for r in await gw.store.fetch("SELECT id FROM messages")}
+    assert accepted <= stored  # every 202 was committed
+    assert len(stored - accepted) <= lost  # and nothing was stored without an answer, but for lost connections
+    assert len(answers) > 100
+    # The worker exited by itself, and is restarted while the gateway runs.
+    with trio.fail_after(20):
+        while _children(os.getpid()) in ([], [worker]):
+            await trio.sleep(0.1)
