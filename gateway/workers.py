@@ -1,4 +1,4 @@
-"""HTTP worker processes: the accept path on several cores (``[http] workers``, README "Workers").
+"""HTTP worker processes: the accept path on several cores (``[http] workers``, README "HTTP workers").
 
 One gateway process is one Trio event loop, so its HTTP accept path is bound to one core.
 With ``workers = N`` > 1 the gateway (the *main* process: channels, dispatcher, webhooks, MO

@@ -364,7 +364,7 @@ async def test_the_wake_up_listener_listens_again_after_losing_its_connection(nu
     woken = trio.Event()
 
     def on_wake() -> None:
-        nonlocal wakes, woken
+        nonlocal wakes
         wakes += 1
         woken.set()
 
