@@ -25,7 +25,7 @@ from msgspec import Meta
 from . import kannel
 from .channel import Channel
 from .config import Config
-from .errors import StoreError, StoreUnavailable
+from .errors import GatewayError, StoreError, StoreUnavailable
 from .events import EventBus, LimitEvent
 from .http import Request, Response, Router
 from .intake import Intake
@@ -194,13 +194,21 @@ def _nothing() -> None:
     pass
 
 
+class PassOn(GatewayError):
+    """Raised by a worker process's handlers (``pass_limited``) for a request the gateway's
+    main process must answer: one from an account with a rate or daily quota, which holds
+    exactly only where one process counts it."""
+
+
 class Api:
     """The API's handlers; :meth:`router` wires them to paths."""
 
     def __init__(self, *, config: Config, store: Store, intake: Intake, metrics: Metrics,
                  channels: Callable[[], Iterable[Channel]] = tuple,
-                 merchants: MerchantDirectory | None = None, bus: EventBus | None = None) -> None:
+                 merchants: MerchantDirectory | None = None, bus: EventBus | None = None,
+                 pass_limited: bool = False) -> None:
         self._bus = bus
+        self._pass_limited = pass_limited
         self._config = config
         self._merchants = merchants
         self._store = store
@@ -324,6 +332,8 @@ class Api:
         limiter = self._limiter(account)
         if limiter is None:
             return lambda: None
+        if self._pass_limited:
+            raise PassOn(f"account {account.name} has limits")
         if limiter.quota is not None:
             local_now = datetime.now(self._zone)
             today = local_now.date()

@@ -169,7 +169,14 @@ async def serve_gateway(
             if extra_routes is not None:
                 extra_routes(router, running)
             limits = HttpLimits(max_body=config.http.max_body)
-            bound = await nursery.start(functools.partial(serve_http, router, host, port, limits=limits))
+            if config.http.workers > 1:  # the accept path in worker processes too (gateway/workers.py)
+                from .workers import serve_with_workers
+
+                bound = await nursery.start(functools.partial(
+                    serve_with_workers, config, router, store=store, database_url=url, metrics=metrics,
+                    on_wake=dispatcher.wake, limits=limits))
+            else:
+                bound = await nursery.start(functools.partial(serve_http, router, host, port, limits=limits))
             shown = f"[{host}]" if ":" in host else host
             running.http_url = f"http://{shown}:{bound}"
             running.http_port = bound

@@ -179,7 +179,7 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
                       ramp=args.ramp, target=args.target, api_key=args.api_key, json_path=args.json,
                       plots_dir=args.plots, connections=args.connections, drain_timeout=args.drain_timeout,
                       database_url=args.database_url or "", service_number=args.service_number, modems=args.modems,
-                      progress=not args.quiet, keep_dir=args.keep_dir)
+                      progress=not args.quiet, keep_dir=args.keep_dir, workers=args.workers)
     report = trio.run(_unless_signalled, run_loadtest, options)
     if args.plots:
         for path in write_plots(report, args.plots):
@@ -224,6 +224,8 @@ def _add_loadtest_parser(sub) -> None:
     lt.add_argument("--service-number", default="10658888", help="where MO storms text to (default 10658888)")
     lt.add_argument("--modems", type=int, default=0,
                     help="self-contained mode: also start N emulated modems; the mixed scenario sends 1%% to them")
+    lt.add_argument("--workers", type=int, default=1,
+                    help="self-contained mode: the gateway's [http] workers, processes serving the API (default 1)")
     lt.add_argument("--keep-dir", action="store_true", help="keep the self-contained stack's directory and logs (kept anyway after a bad run)")
     lt.add_argument("--quiet", action="store_true", help="no progress bar")
     lt.set_defaults(func=cmd_loadtest)

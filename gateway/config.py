@@ -57,6 +57,9 @@ class HttpConfig(_Section):
     max_body: Annotated[int, Meta(ge=1024)] = 4 * 1024 * 1024
     accept_timeout: Seconds = 10.0
     """How long a request may wait for its batch to be committed before a 503."""
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    """Processes serving the HTTP API on ``listen`` (SO_REUSEPORT): the gateway and N-1
+    worker processes that take the accept path; 1 means the gateway process alone."""
 
 
 class AdminConfig(_Section):

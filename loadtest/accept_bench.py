@@ -10,7 +10,10 @@ then measures with wrk (closed loop, peak throughput) and hey (rate-limited, lat
 and reads the server's peak resident memory (VmHWM). Every request goes to 127.0.0.1 and
 each run is bounded in time. Needs Debian's ``wrk`` and ``hey``.
 
-    python -m loadtest.accept_bench [--duration 15]
+    python -m loadtest.accept_bench [--duration 15] [--workers N]
+
+``--workers N`` sets the gateway's ``[http] workers``; the CPU figures then cover the main
+process and its workers together.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=15, help="seconds per run (default 15)")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--only", choices=("single", "batch"), help="run only this wrk measurement (no hey)")
+    ap.add_argument("--workers", type=int, default=1, help="the gateway's [http] workers (default 1)")
     args = ap.parse_args()
     for tool in ("wrk", "hey"):
         if shutil.which(tool) is None:
@@ -156,7 +160,7 @@ def main() -> None:
     data = tmp / "data"
     port = _free_port()
     cfg = tmp / "smsgw.toml"
-    cfg.write_text(f'data_dir = "{data}"\n[http]\nlisten = "127.0.0.1:{port}"\n')
+    cfg.write_text(f'data_dir = "{data}"\n[http]\nlisten = "127.0.0.1:{port}"\nworkers = {args.workers}\n')
     url = f"http://127.0.0.1:{port}"
     key = subprocess.run(SMSGW + ["apikey", "create", "--account", "bench", "--config", str(cfg)],
                          capture_output=True, text=True, check=True).stdout.strip()
@@ -168,6 +172,11 @@ def main() -> None:
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
+        for _ in range(300 if args.workers > 1 else 0):  # the main process answers before its workers are up
+            text = httpx.get(url + "/metrics", timeout=5).text
+            if re.search(rf"^smsgw_http_workers_up {args.workers - 1}\.0$", text, re.M):
+                break
+            time.sleep(0.1)
         meter = CpuMeter(server.pid, data)
         _wrk(url, "send_single.lua", key, 16, 3)  # warm-up
         single = batch = half = None
@@ -194,6 +203,7 @@ def main() -> None:
         "server_peak_rss_mb": round(peak_rss_mb, 1),
         "messages_accepted_total": stored,
         "cpus": os.cpu_count(),
+        "workers": args.workers,
     }
     print(json.dumps(figures, indent=2))
     if args.json:

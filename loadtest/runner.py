@@ -70,6 +70,8 @@ class Options:
     """Self-contained mode: emulated modems to start (the mixed scenario sends 1 % to them)."""
     progress: bool = True
     keep_dir: bool = False
+    workers: int = 1
+    """Self-contained mode: the gateway's ``[http] workers``."""
 
 
 def validate(options: Options) -> None:
@@ -88,6 +90,10 @@ def validate(options: Options) -> None:
         raise LoadTestError("--modems starts emulated modems for the self-contained stack; it does not go with --target")
     if not 0 < options.drain_timeout <= 3600:
         raise LoadTestError("--drain-timeout must be within (0, 3600] seconds")
+    if not 1 <= options.workers <= 64:
+        raise LoadTestError("--workers must be within 1..64")
+    if options.workers != 1 and options.target is not None:
+        raise LoadTestError("--workers sets up the self-contained stack's gateway; it does not go with --target")
 
 
 async def scrape(endpoint: Endpoint) -> GatewayCounts:
@@ -205,7 +211,7 @@ async def run_loadtest(options: Options, *, stream: TextIO = sys.stderr) -> dict
     if options.target is not None:
         return await run_scenario(options, stack=None, stream=stream)
     stack_options = StackOptions(database_url=options.database_url, service_number=options.service_number,
-                                 modems=options.modems, keep_dir=options.keep_dir)
+                                 modems=options.modems, keep_dir=options.keep_dir, workers=options.workers)
     if options.progress:
         print("starting the gateway and the simulators on 127.0.0.1 ...", file=stream, flush=True)
     async with open_stack(stack_options) as stack:

@@ -62,6 +62,8 @@ class StackOptions:
     """Each emulated SIM's sending rate: the configuration's ceiling, so the modems keep up."""
     keep_dir: bool = False
     """Keep the temporary directory (logs, database) after the run."""
+    workers: int = 1
+    """The gateway's ``[http] workers``: processes serving the HTTP API."""
 
 
 @dataclass(slots=True)
@@ -108,6 +110,7 @@ url = {_toml_str(options.database_url)}
 
 [http]
 listen = "127.0.0.1:{http_port}"
+workers = {options.workers}
 
 [dispatcher]
 quiet_hours = ""
@@ -219,10 +222,27 @@ async def open_stack(options: StackOptions = StackOptions()) -> AsyncIterator[St
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU seconds of a running process (Linux ``/proc``), None if unknown."""
+    """User plus system CPU seconds of a running process (Linux ``/proc``), None if unknown,
+    with those of its HTTP worker processes (``[http] workers``) when it has some."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return (int(fields[11]) + int(fields[12]) + _worker_ticks(pid)) / ticks
+
+
+def _worker_ticks(parent: int) -> int:
+    """CPU ticks of the live ``gateway.worker`` children of ``parent``."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != parent or b"gateway.worker" not in (entry / "cmdline").read_bytes():
+                continue
+        except (OSError, IndexError, ValueError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total

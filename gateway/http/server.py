@@ -46,6 +46,7 @@ __all__ = [
     "Request",
     "Response",
     "error_response",
+    "open_http_listeners",
     "render_response",
     "serve_http",
 ]
@@ -838,6 +839,7 @@ async def serve_http(
     port: int,
     *,
     limits: HttpLimits = HttpLimits(),
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve HTTP/1.1 on ``host:port`` until cancelled (SPEC "HTTP API", "Ports").
@@ -847,12 +849,12 @@ async def serve_http(
     the reported port is the only one). One task per connection; at most
     ``limits.max_connections`` at once, beyond which accepting waits. Cancelling the caller's
     scope closes the listeners and every connection.
+
+    ``listeners`` made beforehand (e.g. by :func:`open_http_listeners` with ``reuse_port``)
+    are served instead of binding ``host:port``; they are closed when the server stops.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    if port == 0 and len(listeners) > 1:
-        for extra in listeners[1:]:
-            await extra.aclose()
-        listeners = listeners[:1]
+    if listeners is None:
+        listeners = await open_http_listeners(host, port)
     bound_port = listeners[0].socket.getsockname()[1]
     server = _Server(handler, limits)
     limiter = trio.CapacityLimiter(limits.max_connections)
@@ -867,3 +869,48 @@ async def serve_http(
         for listener in listeners:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
+
+
+async def open_http_listeners(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:
+    """Listening sockets for :func:`serve_http` on ``host:port``; port 0 binds only the first
+    address ``host`` resolves to, so that the one port picked is the only one.
+
+    With ``reuse_port`` each socket is bound with ``SO_REUSEPORT`` (Linux 3.9+), so that
+    other processes of the same user may bind the same address and port, and the kernel
+    spreads new connections over every socket so bound.
+    """
+    if not reuse_port:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        if port == 0 and len(listeners) > 1:
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
+        return listeners
+    addresses = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE)
+    if port == 0:
+        addresses = addresses[:1]
+    listeners = []
+    try:
+        for family, type_, proto, _, sockaddr in addresses:
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+#: Pending connections per listening socket made by :func:`open_http_listeners` with
+#: ``reuse_port`` (the kernel caps it at ``net.core.somaxconn``), as trio's own default.
+LISTEN_BACKLOG = 0xFFFF
