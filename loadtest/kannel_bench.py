@@ -209,7 +209,7 @@ async def _wait_final(endpoint: Endpoint, before: GatewayCounts, timeout: float)
 
 
 async def run_bench(*, duration: int, dlr: bool, dlr_mask: int = DLR_MASK_ALL, wait: float = DEFAULT_WAIT,
-                    database_url: str = "", out=sys.stderr) -> dict[str, object]:
+                    database_url: str = "", workers: int = 1, out=sys.stderr) -> dict[str, object]:
     counter = DlrCounter() if dlr else None
 
     async def receive(request: Request) -> Response:
@@ -219,7 +219,7 @@ async def run_bench(*, duration: int, dlr: bool, dlr_mask: int = DLR_MASK_ALL, w
         return Response(status=200, body=b"ok", content_type="text/plain")
 
     print("starting the gateway and the ISMG simulator on 127.0.0.1 ...", file=out, flush=True)
-    async with open_stack(StackOptions(database_url=database_url)) as stack, trio.open_nursery() as nursery:
+    async with open_stack(StackOptions(database_url=database_url, workers=workers)) as stack, trio.open_nursery() as nursery:
         endpoint = Endpoint(stack.http, stack.api_key)
         receiver_port = await nursery.start(functools.partial(serve_http, receive, "127.0.0.1", 0))
         warm = await scrape(endpoint)
@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait", type=float, default=DEFAULT_WAIT,
                     help=f"seconds to wait for the last callbacks after wrk (default {DEFAULT_WAIT:g})")
     ap.add_argument("--database-url", default="", help="an existing PostgreSQL (default: an embedded one)")
+    ap.add_argument("--workers", type=int, default=1, help="the gateway's [http] workers (default 1)")
     ap.add_argument("--json", help="also write the summary here")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -292,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 1 <= args.duration <= 600:
         print("--duration must be within 1..600 seconds", file=sys.stderr)
+        return 2
+    if not 1 <= args.workers <= 64:
+        print("--workers must be within 1..64", file=sys.stderr)
         return 2
     if not 1 <= args.dlr_mask <= MAX_DLR_MASK:
         print(f"--dlr-mask must be within 1..{MAX_DLR_MASK}", file=sys.stderr)
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = trio.run(functools.partial(run_bench, duration=args.duration, dlr=args.dlr,
                                              dlr_mask=args.dlr_mask, wait=args.wait,
-                                             database_url=args.database_url))
+                                             database_url=args.database_url, workers=args.workers))
     except* LoadTestError as group:  # raised inside the receiver's nursery, so it comes grouped
         failures = [str(e) for e in _leaves(group)]
     if failures:
