@@ -5,7 +5,8 @@ asyncpg is an asyncio library and the gateway runs on Trio: the root opens one
 ``aio_as_trio``. Each unit of work (a batch of accepted messages, a batch of channel events)
 is one asyncio coroutine in one transaction, so it crosses once. Nothing outside this package
 sees asyncpg: its errors become :class:`~gateway.errors.StoreUnavailable` (cannot reach the
-database) or :class:`~gateway.errors.StoreError`.
+database) or :class:`~gateway.errors.StoreError`. Functions named ``_aio_*`` run on the
+asyncio side, each inside one crossing (:meth:`StoreCore._call`).
 
 :class:`Store` is one class assembled from one class per concern, each in its own module next
 to its SQL:
