@@ -144,7 +144,7 @@ def deploy_metric_names() -> set[str]:
 
 
 async def test_queue_statistics_are_read_once_for_callers_close_together(store, monkeypatch):
-    import gateway.store as store_module
+    import gateway.store.queue as queue_module
     from gateway.store import AcceptRequest, NewMessage
 
     account = await store.ensure_account("shop")
@@ -166,8 +166,8 @@ async def test_queue_statistics_are_read_once_for_callers_close_together(store, 
     assert [r["transactional"][0] for r in results] == [2] * 10
     await enqueue(3)
     assert (await store.queue_stats())["transactional"][0] == 2  # reused within its age
-    monkeypatch.setattr(store_module, "QUEUE_STATS_MIN_AGE", 0.0)
-    monkeypatch.setattr(store_module, "QUEUE_STATS_SHARE", 1e9)
+    monkeypatch.setattr(queue_module, "QUEUE_STATS_MIN_AGE", 0.0)
+    monkeypatch.setattr(queue_module, "QUEUE_STATS_SHARE", 1e9)
     store._queue_stats_until = 0.0
     assert (await store.queue_stats())["transactional"][0] == 5
 

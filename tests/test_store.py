@@ -14,7 +14,7 @@ def msgs(n: int, operator: str = "cmcc") -> tuple[NewMessage, ...]:
 
 async def test_migrations_are_idempotent(store):
     assert await store.migrate() == []  # the template is migrated already
-    from gateway.store import _migrations
+    from gateway.store.core import _migrations
 
     versions = [r["version"] for r in await store.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
     assert versions == [v for v, _, _ in _migrations()] and versions[:2] == [1, 2]

@@ -173,7 +173,7 @@ async def test_report_and_submit_statements_probe_the_indexes_whatever_the_table
     docs/benchmarks.md.)"""
     import json
 
-    from gateway.store import _FINAL, _REPORTS, _SUBMITTED
+    from gateway.store.status import _FINAL, _REPORTS, _SUBMITTED
 
     account = await store.ensure_account("shop")
     (res,) = await store.accept([AcceptRequest(account_id=account.id, messages=tuple(

@@ -1,0 +1,333 @@
+"""Status writes: the channels' submitted parts, delivery reports, and any other transition.
+
+Each batch is one statement (one round trip, atomic on its own): the messages, their history,
+their webhooks (``webhook_outbox``) and, for final states, their removal from the queue.
+Final states are final. Every transition committed is published on the event bus as an
+:class:`~gateway.events.MtEvent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ..channel import FINAL_STATUSES, Status
+from ..events import MtEvent
+from ..events import now as events_now
+from .core import StoreCore
+from .records import ReportOutcome
+
+_FINAL = [s.value for s in FINAL_STATUSES]
+
+_SET_STATUS = """
+WITH t AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+                       AS t(id, status, channel, error_code, detail)),
+u AS (
+    UPDATE messages m
+    SET status = t.status, channel = coalesce(t.channel, m.channel),
+        error_code = coalesce(t.error_code, m.error_code), updated_at = now()
+    FROM t WHERE m.id = t.id AND m.status <> ALL($6::text[])
+    RETURNING m.id, m.status, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at,
+              m.account_id, m.dest, m.channel, m.parts, m.class, m.error_code
+),
+w AS (
+    INSERT INTO webhook_outbox (message_id, url, kind, event_status, event_at)
+    SELECT u.id, u.callback_url, 'webhook', u.status, u.updated_at FROM u
+    WHERE u.callback_url IS NOT NULL AND u.status = ANY($6::text[])
+),
+k AS (
+    -- Kannel's dlr-mask bits: 1 delivered, 2 failed, 4 queued, 8 submitted, 16 rejected by the SMSC.
+    INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
+    SELECT u.id, u.dlr_url, 'kannel', d.bit, u.status, u.updated_at
+    FROM u CROSS JOIN LATERAL (SELECT CASE u.status WHEN 'delivered' THEN 1 WHEN 'queued' THEN 4
+                                                    WHEN 'submitted' THEN 8 WHEN 'rejected' THEN 16
+                                                    WHEN 'accepted' THEN 0 ELSE 2 END AS bit) d
+    WHERE u.dlr_url IS NOT NULL AND d.bit > 0 AND (u.dlr_mask & d.bit) <> 0
+),
+e AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT t.id, t.status, t.detail FROM t JOIN u ON u.id = t.id
+),
+q AS (
+    -- A final state takes the message out of the queue, in the same statement.
+    DELETE FROM outbound_queue WHERE message_id IN (SELECT u.id FROM u WHERE u.status = ANY($6::text[]))
+)
+SELECT u.id, u.status, u.account_id, u.dest, u.channel, u.parts, u.class, u.error_code, t.detail
+FROM u JOIN t ON t.id = u.id
+"""
+
+
+async def _aio_set_status(
+    conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str | None, str | None, str]],
+    sink: list[MtEvent] | None = None,
+) -> set[int]:
+    """Move messages to a status (never out of a final one); returns the ids that moved.
+
+    One statement (atomic on its own, so ``conn`` may be a pool): the messages, their history,
+    their webhooks and, for final states, their queue rows. With a ``sink``, each transition
+    that happened is appended to it as an :class:`MtEvent`."""
+    if not rows:
+        return set()
+    cols = list(zip(*rows))
+    moved = await conn.fetch(_SET_STATUS, *[list(c) for c in cols], _FINAL)
+    _sink_rows(sink, moved)
+    return {r[0] for r in moved}
+
+
+def _sink_rows(sink: list[MtEvent] | None, moved: Sequence[Any]) -> None:
+    """Transitions returned as (id, status, account_id, dest, channel, parts, class,
+    error_code, detail) rows, as :class:`MtEvent` values into ``sink`` (when there is one)."""
+    if sink is not None and moved:
+        at = events_now()
+        sink.extend(MtEvent(id=r[0], status=r[1], account_id=r[2], to=r[3], channel=r[4] or "", parts=r[5],
+                            msg_class=r[6], error_code=r[7] or "", detail=r[8], at=at) for r in moved)
+
+
+_json_encode = msgspec.json.Encoder().encode
+
+_SUBMITTED = """
+WITH r AS (
+    INSERT INTO message_refs (channel, ref, message_id, part)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::smallint[])
+    ON CONFLICT (channel, ref) DO UPDATE SET message_id = EXCLUDED.message_id,
+        part = EXCLUDED.part, status = 'submitted', created_at = now()
+),
+o AS MATERIALIZED (
+    -- Each message's status before this statement, its row locked (in id order) until commit,
+    -- with its parts acknowledged now and the channel of the last.
+    -- ``parts`` becomes the number the channel sends it in, when it says (c.total > 0).
+    SELECT m.id, m.status AS was, c.n, c.channel,
+           CASE WHEN c.total > 0 THEN c.total ELSE m.parts END AS parts
+    FROM messages m JOIN unnest($5::bigint[], $6::int[], $7::text[], $8::smallint[]) AS c(id, n, channel, total)
+         ON c.id = m.id
+    WHERE m.id = ANY($5::bigint[]) ORDER BY m.id FOR UPDATE OF m
+),
+u AS (
+    UPDATE messages m SET
+        parts = c.parts,
+        parts_submitted = least(c.parts, m.parts_submitted + c.n),
+        status = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts
+                      THEN 'submitted' ELSE m.status END,
+        channel = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts
+                       THEN c.channel ELSE m.channel END,
+        updated_at = now()
+    FROM o c
+    WHERE m.id = c.id
+    RETURNING m.id, m.status, c.was, m.dlr_url, m.dlr_mask, m.updated_at, m.account_id, m.dest, m.channel,
+              m.parts, m.class, m.error_code
+),
+v AS (SELECT * FROM u WHERE u.was IN ('accepted', 'queued') AND u.status = 'submitted'),
+k AS (
+    -- Kannel's dlr-mask bit 8: submitted to the SMSC.
+    INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
+    SELECT v.id, v.dlr_url, 'kannel', 8, v.status, v.updated_at FROM v
+    WHERE v.dlr_url IS NOT NULL AND (v.dlr_mask & 8) <> 0
+),
+e AS (INSERT INTO message_events (message_id, status, detail) SELECT v.id, 'submitted', 'channel=' || v.channel FROM v),
+q AS (DELETE FROM outbound_queue WHERE message_id IN (SELECT v.id FROM v))
+SELECT v.id, v.status, v.account_id, v.dest, v.channel, v.parts, v.class, v.error_code, 'channel=' || v.channel
+FROM v ORDER BY v.id
+"""
+
+
+async def _aio_submitted(
+    pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str] | tuple[str, int, int, str, int]],
+    sink: list[MtEvent] | None = None,
+) -> list[int]:
+    """Record submitted parts (channel, message_id, part, ref[, total]); returns fully
+    submitted ids.
+
+    One statement, so one round trip and atomic: the parts' refs (a ref seen again points at
+    its latest part), the messages' part counts, and for each message now fully submitted its
+    ``submitted`` status on the channel of its last part, history row, Kannel DLR and removal
+    from the queue. Final states stay final (their parts are still counted). ``total``, when
+    given and not 0, is the number of parts the channel sends the message in; it replaces the
+    planned count (see :attr:`gateway.channel.Submitted.total`)."""
+    refs: dict[tuple[str, str], tuple[int, int]] = {}
+    counts: dict[int, list[Any]] = {}
+    for item in items:
+        channel, message_id, part, ref = item[:4]
+        total = item[4] if len(item) > 4 else 0
+        refs[(channel, ref)] = (message_id, part)
+        entry = counts.get(message_id)
+        if entry is None:
+            counts[message_id] = [1, channel, total]
+        else:
+            entry[0] += 1
+            entry[1] = channel
+            entry[2] = total or entry[2]
+    keys = list(refs)
+    values = list(refs.values())
+    rows = await pool.fetch(
+        _SUBMITTED, [k[0] for k in keys], [k[1] for k in keys], [v[0] for v in values], [v[1] for v in values],
+        list(counts), [c[0] for c in counts.values()], [c[1] for c in counts.values()],
+        [c[2] for c in counts.values()])
+    _sink_rows(sink, rows)
+    return [r[0] for r in rows]
+
+
+_REPORTS = """
+WITH r AS (
+    -- Each ref reported for the first time. The refs are looked up by primary key, one index
+    -- probe each (the IN over the batch's distinct refs); the batch's reports are a JSON
+    -- object keyed "<channel> <ref>" (a ref's first report in the batch: [status,
+    -- error_code, n]), read by key, so no join of the batch with itself.
+    UPDATE message_refs r SET status = $3::jsonb -> (r.channel || ' ' || r.ref) ->> 0
+    WHERE (r.channel, r.ref) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND r.status = 'submitted'
+    RETURNING r.channel, r.ref, r.message_id, r.status,
+              $3::jsonb -> (r.channel || ' ' || r.ref) ->> 1 AS error_code,
+              ($3::jsonb -> (r.channel || ' ' || r.ref) ->> 2)::int AS n
+),
+known AS (
+    -- Refs reported before: a duplicate report. Read in the statement's snapshot, the one the
+    -- UPDATE above used: a ref committed after it began is in neither, so its report stays
+    -- unmatched (held and retried), never taken for a duplicate.
+    SELECT k.channel, k.ref, k.message_id FROM message_refs k
+    WHERE (k.channel, k.ref) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND k.status <> 'submitted'
+),
+d AS (
+    -- Per message: parts delivered now, and the first failure reported (in batch order).
+    SELECT r.message_id AS id, count(*) FILTER (WHERE r.status = 'delivered') AS delivered,
+           (array_agg(r.status ORDER BY r.n) FILTER (WHERE r.status <> 'delivered'))[1] AS failed,
+           (array_agg(r.error_code ORDER BY r.n) FILTER (WHERE r.status <> 'delivered'))[1] AS code
+    FROM r GROUP BY r.message_id
+),
+o AS MATERIALIZED (
+    -- Each message's status before this statement, its row locked (in id order) until commit.
+    SELECT m.id, m.status AS was, d.delivered, d.failed, d.code
+    FROM messages m JOIN d ON d.id = m.id ORDER BY m.id FOR UPDATE OF m
+),
+u AS (
+    UPDATE messages m SET
+        parts_delivered = least(m.parts, m.parts_delivered + d.delivered),
+        status = CASE WHEN d.was = ANY($4::text[]) THEN m.status
+                      WHEN d.failed IS NOT NULL THEN d.failed
+                      WHEN m.parts_delivered + d.delivered >= m.parts THEN 'delivered'
+                      ELSE m.status END,
+        error_code = CASE WHEN d.was <> ALL($4::text[]) AND d.failed IS NOT NULL
+                          THEN coalesce(nullif(d.code, ''), m.error_code) ELSE m.error_code END,
+        updated_at = CASE WHEN d.was <> ALL($4::text[])
+                               AND (d.failed IS NOT NULL OR m.parts_delivered + d.delivered >= m.parts)
+                          THEN now() ELSE m.updated_at END
+    FROM o d
+    WHERE m.id = d.id
+    RETURNING m.id, m.status, d.was, d.failed, d.code, m.callback_url, m.dlr_url, m.dlr_mask, m.updated_at,
+              m.account_id, m.dest, m.channel, m.parts, m.class, m.error_code
+),
+v AS (
+    SELECT u.*, CASE WHEN u.failed IS NULL THEN 'all parts delivered'
+                     ELSE 'report stat=' || coalesce(nullif(u.code, ''), u.failed) END AS detail
+    FROM u WHERE u.was <> ALL($4::text[]) AND u.status = ANY($4::text[])
+),
+w AS (
+    INSERT INTO webhook_outbox (message_id, url, kind, event_status, event_at)
+    SELECT v.id, v.callback_url, 'webhook', v.status, v.updated_at FROM v WHERE v.callback_url IS NOT NULL
+),
+k AS (
+    -- Kannel's dlr-mask bits: 1 delivered, 2 failed, 16 rejected by the SMSC.
+    INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
+    SELECT v.id, v.dlr_url, 'kannel', b.bit, v.status, v.updated_at
+    FROM v CROSS JOIN LATERAL (SELECT CASE v.status WHEN 'delivered' THEN 1 WHEN 'rejected' THEN 16
+                                                    ELSE 2 END AS bit) b
+    WHERE v.dlr_url IS NOT NULL AND (v.dlr_mask & b.bit) <> 0
+),
+e AS (INSERT INTO message_events (message_id, status, detail) SELECT v.id, v.status, v.detail FROM v),
+q AS (DELETE FROM outbound_queue WHERE message_id IN (SELECT v.id FROM v))
+SELECT 'applied' AS kind, r.channel, r.ref, r.message_id AS id, r.status, NULL::bigint AS account_id,
+       NULL::text AS dest, NULL::smallint AS parts, NULL::text AS class, NULL::text AS error_code,
+       NULL::text AS detail FROM r
+UNION ALL
+SELECT 'known', k.channel, k.ref, k.message_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM known k
+UNION ALL
+SELECT 'moved', v.channel, NULL, v.id, v.status, v.account_id, v.dest, v.parts, v.class, v.error_code, v.detail
+FROM v
+"""
+
+
+async def _aio_reports(
+    pool: asyncpg.Pool, reports: Sequence[tuple[str, str, str, str]], sink: list[MtEvent] | None = None,
+) -> list[ReportOutcome]:
+    """Apply delivery reports (channel, ref, status, error_code) in one statement (one round
+    trip, atomic): the refs, the messages' delivered parts, and each message's final state
+    (the first failure reported, or ``delivered`` once every part is) with its history,
+    webhooks and removal from the queue. Returns one outcome per report, in order."""
+    first: dict[str, tuple[str, str, int]] = {}
+    for n, (channel, ref, status, error_code) in enumerate(reports, start=1):
+        first.setdefault(f"{channel} {ref}", (status, error_code, n))  # channel names hold no space
+    keys = [k.split(" ", 1) for k in first]
+    rows = await pool.fetch(_REPORTS, [k[0] for k in keys], [k[1] for k in keys],
+                            _json_encode(first).decode(), _FINAL)
+    by_ref: dict[tuple[str, str], int] = {}
+    known_refs: dict[tuple[str, str], int] = {}
+    moved = []
+    for row in rows:
+        kind = row[0]
+        if kind == "applied":
+            by_ref[(row[1], row[2])] = row[3]
+        elif kind == "known":
+            known_refs[(row[1], row[2])] = row[3]
+        else:
+            moved.append((row[3], row[4], row[5], row[6], row[1], row[7], row[8], row[9], row[10]))
+    moved.sort()
+    _sink_rows(sink, moved)
+    outcomes: list[ReportOutcome] = []
+    applied: set[tuple[str, str]] = set()
+    for channel, ref, status, _code in reports:
+        key = (channel, ref)
+        mid = by_ref.get(key)
+        if mid is None:
+            outcomes.append(ReportOutcome(matched=key in known_refs, message_id=known_refs.get(key)))
+        elif key in applied:
+            # The same ref twice in one batch: its row was updated once; count it once.
+            outcomes.append(ReportOutcome(matched=True, message_id=mid))
+        else:
+            applied.add(key)
+            outcomes.append(ReportOutcome(matched=True, message_id=mid, status=status))
+    return outcomes
+
+
+class StatusStore(StoreCore):
+    """Status transitions of stored messages, in batches."""
+
+    async def set_status(self, rows: Sequence[tuple[int, Status, str | None, str | None, str]]) -> set[int]:
+        """(message_id, status, channel, error_code, detail) each; final states are final."""
+        sink = self._sink()
+        # One statement: atomic without a transaction block around it.
+        moved = await self._call(_aio_set_status, self._pool, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows], sink)
+        self._emit(sink)
+        return moved
+
+    async def record_submitted(
+        self, items: Sequence[tuple[str, int, int, str] | tuple[str, int, int, str, int]],
+    ) -> list[int]:
+        """Persist (channel, message_id, part, ref[, total]) mappings; returns ids now fully
+        submitted (``total``: see :func:`_aio_submitted`)."""
+        if not items:
+            return []
+        sink = self._sink()
+        done = await self._call(_aio_submitted, self._pool, items, sink)
+        self._emit(sink)
+        return done
+
+    async def record_reports(self, reports: Sequence[tuple[str, str, str, str]]) -> list[ReportOutcome]:
+        """Apply (channel, ref, status, error_code) reports; unmatched ones say so."""
+        if not reports:
+            return []
+        sink = self._sink()
+        outcomes = await self._call(_aio_reports, self._pool, reports, sink)
+        self._emit(sink)
+        return outcomes
+
+    async def expire_overdue(self, limit: int = 1000) -> int:
+        """Messages past their validity with no final state end ``expired``."""
+        ids = [r[0] for r in await self.fetch(
+            "SELECT id FROM messages WHERE status IN ('accepted', 'queued', 'submitted') AND expires_at < now()"
+            " LIMIT $1", limit)]
+        if not ids:
+            return 0
+        moved = await self.set_status([(i, Status.EXPIRED, None, None, "no final report within the validity period")
+                                       for i in ids])
+        return len(moved)
