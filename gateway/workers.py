@@ -52,6 +52,7 @@ __all__ = [
     "WorkerStartError",
     "serve_wakeups",
     "serve_with_workers",
+    "stop_process",
 ]
 
 WAKE_CHANNEL = "smsgw_queue"
@@ -140,17 +141,27 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-async def _stop_process(proc: trio.Process, index: int) -> None:
-    """SIGTERM, wait up to WORKER_STOP_TIMEOUT, then SIGKILL. Shielded: it runs on the way out."""
+async def stop_process(proc: trio.Process, timeout: float) -> bool:
+    """Stop ``proc``: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; return whether it
+    had to be killed. Shielded: it runs on the way out."""
     with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(WORKER_STOP_TIMEOUT):
-                await proc.wait()
-            if proc.returncode is None:
-                log.warning("worker did not stop in time; killing it worker=%d pid=%d", index, proc.pid)
-                proc.kill()
-                await proc.wait()
+        if proc.returncode is not None:
+            return False
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(timeout):
+            await proc.wait()
+        if proc.returncode is not None:
+            return False
+        proc.kill()
+        await proc.wait()
+        return True
+
+
+async def _stop_worker(proc: trio.Process, index: int) -> None:
+    """Stop worker ``index`` (killed after WORKER_STOP_TIMEOUT) and close its pipes."""
+    if await stop_process(proc, WORKER_STOP_TIMEOUT):
+        log.warning("worker did not stop in time; killed it worker=%d pid=%d", index, proc.pid)
+    with trio.CancelScope(shield=True):
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 await pipe.aclose()
@@ -251,7 +262,7 @@ class WorkerPool:
                 if port is not None:
                     self._client.discard("127.0.0.1", port)
         finally:
-            await _stop_process(proc, index)
+            await _stop_worker(proc, index)
 
     async def scrape(self) -> list[str]:
         """Every ready worker's own metrics (Prometheus text), read concurrently; a worker that
