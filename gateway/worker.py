@@ -35,8 +35,8 @@ from .compliance import MerchantDirectory
 from .errors import GatewayError, StoreError
 from .http import Router
 from .http.server import HttpLimits, Request, Response, error_response, open_http_listeners, serve_http
-from .intake import Intake
 from .httpclient import HttpClient, HttpClientError, Target, header_lines
+from .intake import Intake
 from .metrics import MeteredBus, Metrics
 from .store import Store, open_store
 from .workers import (FORWARDED_FOR, LOOPBACK_LIMITS, WAKE_CHANNEL, WORKER_DRAIN_TIMEOUT, ProcessMetrics, WorkerReady,
@@ -53,7 +53,8 @@ commits every few milliseconds and each NOTIFY costs about a request's CPU; the 
 busy then anyway, is woken at most this late."""
 
 #: Request headers not passed on: hop-by-hop fields (RFC 9110 section 7.6.1) and the framing
-#: the client sets again (``Host`` included); and the forwarded-for header, which only this process may set.
+#: the client sets again (``Host`` too: it goes as the request's authority); and the forwarded-for
+#: header, which only this process may set.
 _NOT_PASSED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                          "upgrade", "content-length", "expect", "host", FORWARDED_FOR})
 #: Answer headers the server sets itself (as :func:`gateway.http.server.render_response` requires).
