@@ -236,27 +236,23 @@ class HttpClient:
         data = render(method, t, headers, body)
         key = (t.host, t.port)
         stream = self._checkout(key)
-        if stream is not None and await self._send(stream, data) is not None:
-            stream = None  # the peer had closed it: nothing was sent
+        fresh = stream is None
         if stream is None:
             stream = await self._connect(key)
-            error = await self._send(stream, data)
-            if error is not None:
-                raise HttpClientError(f"sending to {t.host}:{t.port} failed: {error!r}")
+        while True:
+            try:
+                await stream.send_all(data)
+                break
+            except _BROKEN as exc:
+                stream.socket.close()
+                if fresh:
+                    raise HttpClientError(f"sending to {t.host}:{t.port} failed: {exc!r}") from None
+                stream = await self._connect(key)  # the peer had closed the idle one: nothing was sent
+                fresh = True
+            except BaseException:  # cancelled midway: the connection is in an unknown state
+                stream.socket.close()
+                raise
         return await self._receive(key, stream, _Whole(self.limits) if whole else _Status(self.limits))
-
-    @staticmethod
-    async def _send(stream: trio.SocketStream, data: bytes) -> Exception | None:
-        """Write ``data``; None when done, else why not (the connection is then closed)."""
-        try:
-            await stream.send_all(data)
-        except _BROKEN as exc:
-            stream.socket.close()
-            return exc
-        except BaseException:  # cancelled midway: the connection is in an unknown state
-            stream.socket.close()
-            raise
-        return None
 
     def _checkout(self, key: tuple[str, int]) -> trio.SocketStream | None:
         conns = self._idle.get(key)
