@@ -16,7 +16,7 @@ transaction that marks the MO dispatched; the POST carries
 ``{"id", "from", "to", "text", "keyword", "received_at"}``, signed alike with the subscribing
 account's secret, retried on the same schedule.
 
-Plain-``http`` URLs go through :class:`gateway.hookhttp.HookClient` (pre-rendered requests on
+Plain-``http`` URLs go through :class:`gateway.httpclient.HttpClient` (pre-rendered requests on
 kept-alive Trio sockets, answers parsed by httptools); ``https`` and anything else it cannot
 send go through httpx (TLS, redirects off). Either way :data:`TIMEOUT` bounds an attempt.
 """
@@ -35,7 +35,7 @@ import trio
 from .errors import StoreError
 from .events import EventBus, WebhookEvent
 from .events import now as events_now
-from .hookhttp import CallbackHttpError, HookClient, target
+from .httpclient import HttpClient, HttpClientError, target
 from .kannel import expand_dlr_url
 from .metrics import Metrics
 from .store import Store
@@ -177,7 +177,7 @@ class WebhookSender:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
         async with (self._client or httpx.AsyncClient(timeout=TIMEOUT, limits=limits,
-                                                       follow_redirects=False)) as https, HookClient() as plain:
+                                                       follow_redirects=False)) as https, HttpClient() as plain:
             client = _Clients(plain, https)
             send_rows, receive_rows = trio.open_memory_channel[object](QUEUE)
             send_done, receive_done = trio.open_memory_channel[Outcome](FINISH_BUFFER)
@@ -263,7 +263,7 @@ class WebhookSender:
                 self._metrics.webhooks.labels("delivered").inc()
                 return Outcome(row["id"], "delivered", "")
             error = f"HTTP {code}"
-        except (httpx.HTTPError, CallbackHttpError) as exc:
+        except (httpx.HTTPError, HttpClientError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         except trio.TooSlowError:
             error = f"no answer within {TIMEOUT:g} s"
@@ -317,16 +317,16 @@ _JSON_HEADER = b"Content-Type: application/json\r\n"
 class _Clients:
     """The two clients: the lean one for plain http, httpx for the rest."""
 
-    def __init__(self, plain: HookClient, https: httpx.AsyncClient) -> None:
+    def __init__(self, plain: HttpClient, https: httpx.AsyncClient) -> None:
         self.plain = plain
         self.https = https
 
     async def send(self, method: str, url: str, rendered: bytes, body: bytes, headers: dict[str, str]) -> int:
-        """Status code of the answer. Raises CallbackHttpError or httpx.HTTPError on failure,
+        """Status code of the answer. Raises HttpClientError or httpx.HTTPError on failure,
         trio.TooSlowError after :data:`TIMEOUT`, ValueError for a URL no client can use."""
         t = target(url)
         if t is None:
             response = await self.https.request(method, url, content=body or None, headers=headers)
             return response.status_code
         with trio.fail_after(TIMEOUT):
-            return await self.plain.request(method, t, rendered, body)
+            return (await self.plain.request(method, t, rendered, body)).status

@@ -35,11 +35,12 @@ from .compliance import MerchantDirectory
 from .errors import GatewayError, StoreError
 from .http import Router
 from .http.server import HttpLimits, Request, Response, error_response, open_http_listeners, serve_http
+from .httpclient import HttpClient, HttpClientError, Target, header_lines
 from .intake import Intake
-from .loopback import LoopbackClient, LoopbackError
 from .metrics import MeteredBus, Metrics
 from .store import Store, open_store
-from .workers import FORWARDED_FOR, WAKE_CHANNEL, WORKER_DRAIN_TIMEOUT, ProcessMetrics, WorkerReady, WorkerStart
+from .workers import (FORWARDED_FOR, LOOPBACK_LIMITS, WAKE_CHANNEL, WORKER_DRAIN_TIMEOUT, ProcessMetrics, WorkerReady,
+                      WorkerStart)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,10 @@ commits every few milliseconds and each NOTIFY costs about a request's CPU; the 
 busy then anyway, is woken at most this late."""
 
 #: Request headers not passed on: hop-by-hop fields (RFC 9110 section 7.6.1) and the framing
-#: the client sets again; and the forwarded-for header, which only this process may set.
+#: the client sets again (``Host`` too: it goes as the request's authority); and the forwarded-for
+#: header, which only this process may set.
 _NOT_PASSED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-                         "upgrade", "content-length", "expect", FORWARDED_FOR})
+                         "upgrade", "content-length", "expect", "host", FORWARDED_FOR})
 #: Answer headers the server sets itself (as :func:`gateway.http.server.render_response` requires).
 _NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-type", "date", "server",
                           "keep-alive"})
@@ -138,9 +140,10 @@ class _Gate(trio.abc.Listener[trio.SocketStream]):
 class WorkerHandler:
     """The worker's public handler: the hot routes here, the rest through the main process."""
 
-    def __init__(self, router: Router, main: LoopbackClient, requests: object) -> None:
+    def __init__(self, router: Router, main: HttpClient, main_port: int, requests: object) -> None:
         self._router = router
         self._main = main
+        self._main_port = main_port
         self._requests = requests
         self._inflight = 0
         self._idle = trio.Event()
@@ -177,15 +180,17 @@ class WorkerHandler:
         self.passed_on += 1
         headers = [(name, value) for name, value in request.headers.items() if name not in _NOT_PASSED]
         headers.append((FORWARDED_FOR, request.remote))
-        target = quote(request.path, safe=_PATH_SAFE)
+        path = quote(request.path, safe=_PATH_SAFE)
         if request.query:
-            target += "?" + request.query
+            path += "?" + request.query
+        authority = request.headers.get("host") or f"127.0.0.1:{self._main_port}"
+        target = Target("127.0.0.1", self._main_port, authority, path)
         method = "GET" if request.method == "HEAD" else request.method  # this server drops the body
         answer = None
         with trio.move_on_after(FORWARD_TIMEOUT):
             try:
-                answer = await self._main.request(method, target, headers, request.body)
-            except LoopbackError as exc:
+                answer = await self._main.request(method, target, header_lines(headers), request.body, whole=True)
+            except HttpClientError as exc:
                 log.warning("passing a request on failed method=%s route=%s error=%s", request.method,
                             request.path.split("/", 3)[:3], exc)
                 return error_response(503, "service_unavailable", "the gateway is not available; retry later",
@@ -260,8 +265,9 @@ async def serve_worker(start: WorkerStart, stdin: trio.abc.ReceiveStream, *,
             api = Api(config=config, store=store, intake=intake, metrics=metrics,
                       merchants=MerchantDirectory(store), bus=bus, pass_limited=True)
             limits = HttpLimits(max_body=config.http.max_body)
-            async with LoopbackClient("127.0.0.1", start.main_port) as main:
-                handler = WorkerHandler(worker_router(api), main, process.requests.labels(f"worker-{start.index}"))
+            async with HttpClient(LOOPBACK_LIMITS) as main:
+                handler = WorkerHandler(worker_router(api), main, start.main_port,
+                                        process.requests.labels(f"worker-{start.index}"))
                 private = Router()
 
                 async def own_metrics(request: Request) -> Response:

@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 from .config import Config, split_listen
 from .errors import GatewayError, StoreUnavailable
 from .http.server import Handler, HttpLimits, Request, Response, open_http_listeners, serve_http
-from .loopback import LoopbackClient, LoopbackError
+from .httpclient import HttpClient, HttpClientError, Limits, Target
 from .metrics import Metrics
 from .metrics_merge import MetricsMergeError, merge_expositions
 from .store import Store
@@ -52,6 +52,7 @@ __all__ = [
     "WorkerStartError",
     "serve_wakeups",
     "serve_with_workers",
+    "stop_process",
 ]
 
 WAKE_CHANNEL = "smsgw_queue"
@@ -76,6 +77,9 @@ WAKE_RETRY_MIN = 1.0
 WAKE_RETRY_MAX = 30.0
 """Seconds before listening again after the listening connection was lost (doubling)."""
 MAX_READY_LINE = 4096
+LOOPBACK_LIMITS = Limits(max_head=64 * 1024, max_body=64 * 1024 * 1024, max_idle_per_host=64)
+"""Bounds of the clients between the gateway's own processes: the largest answers relayed are
+admin listings and metrics; 64 idle connections kept per peer."""
 
 
 class WorkerStartError(GatewayError):
@@ -137,17 +141,27 @@ async def _read_line(stream: trio.abc.ReceiveStream) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-async def _stop_process(proc: trio.Process, index: int) -> None:
-    """SIGTERM, wait up to WORKER_STOP_TIMEOUT, then SIGKILL. Shielded: it runs on the way out."""
+async def stop_process(proc: trio.Process, timeout: float) -> bool:
+    """Stop ``proc``: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; return whether it
+    had to be killed. Shielded: it runs on the way out."""
     with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(WORKER_STOP_TIMEOUT):
-                await proc.wait()
-            if proc.returncode is None:
-                log.warning("worker did not stop in time; killing it worker=%d pid=%d", index, proc.pid)
-                proc.kill()
-                await proc.wait()
+        if proc.returncode is not None:
+            return False
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(timeout):
+            await proc.wait()
+        if proc.returncode is not None:
+            return False
+        proc.kill()
+        await proc.wait()
+        return True
+
+
+async def _stop_worker(proc: trio.Process, index: int) -> None:
+    """Stop worker ``index`` (killed after WORKER_STOP_TIMEOUT) and close its pipes."""
+    if await stop_process(proc, WORKER_STOP_TIMEOUT):
+        log.warning("worker did not stop in time; killed it worker=%d pid=%d", index, proc.pid)
+    with trio.CancelScope(shield=True):
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 await pipe.aclose()
@@ -174,8 +188,9 @@ class WorkerPool:
         """The main process's private listener on 127.0.0.1; set before :meth:`run`."""
         self._metrics = metrics
         self._command = command or [sys.executable, "-m", "gateway.worker"]
-        self._clients: dict[int, LoopbackClient] = {}
-        """The private listener of each worker now ready, by worker index."""
+        self._client = HttpClient(LOOPBACK_LIMITS)
+        self._ports: dict[int, int] = {}
+        """The private listener's port of each worker now ready, by worker index."""
         self.pids: dict[int, int] = {}
         """The process id of each worker now ready, by worker index."""
 
@@ -183,7 +198,7 @@ class WorkerPool:
         """Start the workers one after the other, report ready once all are, and keep them
         running until cancelled; then stop them all (in parallel) before returning.
         Raises :class:`WorkerStartError` if one does not start the first time."""
-        async with trio.open_nursery() as nursery:
+        async with self._client, trio.open_nursery() as nursery:
             for index in range(1, self._count + 1):
                 await nursery.start(self._supervise, index)
             log.info("http workers ready count=%d pids=%s", self._count, sorted(self.pids.values()))
@@ -234,7 +249,7 @@ class WorkerPool:
             except msgspec.DecodeError as exc:
                 raise WorkerStartError(f"worker {index} reported {line[:200]!r}: {exc}") from None
             self.pids[index] = proc.pid
-            self._clients[index] = LoopbackClient("127.0.0.1", info.private_port)
+            self._ports[index] = info.private_port
             self._metrics.workers_up.inc()
             log.info("http worker ready worker=%d pid=%d", index, proc.pid)
             ready()
@@ -243,24 +258,24 @@ class WorkerPool:
             finally:
                 self._metrics.workers_up.dec()
                 self.pids.pop(index, None)
-                client = self._clients.pop(index, None)
-                if client is not None:
-                    with trio.CancelScope(shield=True):
-                        await client.aclose()
+                port = self._ports.pop(index, None)
+                if port is not None:
+                    self._client.discard("127.0.0.1", port)
         finally:
-            await _stop_process(proc, index)
+            await _stop_worker(proc, index)
 
     async def scrape(self) -> list[str]:
         """Every ready worker's own metrics (Prometheus text), read concurrently; a worker that
         does not answer within METRICS_SCRAPE_TIMEOUT, or answers badly, is left out (logged)."""
         texts: dict[int, str] = {}
 
-        async def one(index: int, client: LoopbackClient) -> None:
+        async def one(index: int, port: int) -> None:
             error = "no answer in time"
             with trio.move_on_after(METRICS_SCRAPE_TIMEOUT):
                 try:
-                    answer = await client.request("GET", "/metrics")
-                except LoopbackError as exc:
+                    answer = await self._client.request("GET", Target("127.0.0.1", port, f"127.0.0.1:{port}",
+                                                                      "/metrics"), whole=True)
+                except HttpClientError as exc:
                     error = str(exc)
                 else:
                     if answer.status == 200:
@@ -271,8 +286,8 @@ class WorkerPool:
             log.warning("worker metrics left out of the scrape worker=%d error=%s", index, error)
 
         async with trio.open_nursery() as nursery:
-            for index, client in list(self._clients.items()):
-                nursery.start_soon(one, index, client)
+            for index, port in list(self._ports.items()):
+                nursery.start_soon(one, index, port)
         return [texts[i] for i in sorted(texts)]
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+
+from gateway.workers import stop_process
 
 from .http_client import Endpoint, HttpClientError, fetch
 from .scenarios import DEFAULT_SERVICE_NUMBER, LoadTestError
@@ -142,17 +143,6 @@ async def _start(cmd: list[str], log_path: Path) -> trio.Process:
         return await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
 
-async def _stop(proc: trio.Process) -> None:
-    with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(STOP_TIMEOUT):
-                await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-
 async def _wait_ready_file(path: Path, proc: trio.Process, log_path: Path) -> dict[str, str]:
     with trio.move_on_after(STARTUP_TIMEOUT):
         while True:
@@ -216,7 +206,7 @@ async def open_stack(options: StackOptions = StackOptions()) -> AsyncIterator[St
         yield stack
     finally:
         for proc in reversed(procs):
-            await _stop(proc)
+            await stop_process(proc, STOP_TIMEOUT)
         if not options.keep_dir and not (stack is not None and stack.keep):
             shutil.rmtree(directory, ignore_errors=True)
 

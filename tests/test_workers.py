@@ -490,3 +490,27 @@ async def test_a_stopping_worker_answers_every_request_it_took(nursery, database
     with trio.fail_after(20):
         while _children(os.getpid()) in ([], [worker]):
             await trio.sleep(0.1)
+
+
+async def test_stop_process_terminates_then_kills_what_ignores_sigterm():
+    from gateway.workers import stop_process
+
+    script = ("import signal, sys, time\n"
+              "if sys.argv[1] == 'stubborn': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+
+    async def started(kind: str) -> trio.Process:
+        proc = await trio.lowlevel.open_process([sys.executable, "-c", script, kind], stdout=subprocess.PIPE)
+        assert await proc.stdout.receive_some(16) == b"ready\n"  # its signal handling is set up
+        return proc
+
+    polite, stubborn = await started("polite"), await started("stubborn")
+    assert await stop_process(polite, 5.0) is False
+    assert polite.returncode == -signal.SIGTERM
+    began = time.monotonic()
+    assert await stop_process(stubborn, 0.3) is True
+    assert stubborn.returncode == -signal.SIGKILL and time.monotonic() - began >= 0.3
+    assert await stop_process(stubborn, 0.3) is False  # already gone: nothing to do
+    for proc in (polite, stubborn):
+        await proc.stdout.aclose()
