@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from gateway.modem_pool.emulator import HandsetNetwork, ModemEmulator
-from gateway.modem_pool.pdu import Alphabet, StatusClass
+from gateway.modem_pool.pdu import StatusClass
 from gateway.modem_pool.pool import (
     ModemDown,
     ModemMo,
@@ -19,20 +19,12 @@ from gateway.modem_pool.pool import (
     ModemUp,
     PartSent,
     SendFailed,
-    SendRequest,
     cms_transient,
 )
-from gateway.text import Encoding, plan
+from tests.modem_pool.sends import HANDSET, request
 
 DEADLINE = 20.0
-HANDSET = "18600000001"
 CHINESE = "您好，这是一条很长的中文短信，用于测试长短信的拆分与重组功能是否正常。" * 3
-
-
-def request(ref, text, *, dest=HANDSET, operator="cucc"):
-    p = plan(text)
-    alphabet = Alphabet.UCS2 if p.encoding is Encoding.UCS2 else Alphabet.GSM7
-    return SendRequest(ref=ref, destination=dest, operator=operator, parts=p.parts, alphabet=alphabet)
 
 
 @asynccontextmanager

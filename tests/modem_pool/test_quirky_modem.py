@@ -12,7 +12,7 @@ import trio
 from gateway.modem_pool.at import QueryRegistration, SetIndications
 from gateway.modem_pool.errors import ModemError
 from gateway.modem_pool.modem import Modem
-from gateway.modem_pool.pdu import Alphabet, StatusClass
+from gateway.modem_pool.pdu import StatusClass
 from gateway.modem_pool.pool import (
     MAX_CONSECUTIVE_ERRORS,
     ModemDown,
@@ -23,22 +23,13 @@ from gateway.modem_pool.pool import (
     ModemUp,
     PartSent,
     SendFailed,
-    SendRequest,
 )
 from gateway.modem_pool.serial_stream import SerialStream
-from gateway.text import Encoding, plan
+from tests.modem_pool.sends import HANDSET, request
 from tests.modem_pool.quirky_modem import CST, QuirkyModem, Quirks, deliver_pdu
 
 DEADLINE = 30.0
-HANDSET = "18600000001"
 LONG_CHINESE = "尊敬的会员您好，本店周末全场八折，凭短信到店领取小礼品一份，详询客服热线。" * 3
-
-
-def request(ref, text, *, dest=HANDSET, operator="cucc"):
-    p = plan(text)
-    alphabet = Alphabet.UCS2 if p.encoding is Encoding.UCS2 else Alphabet.GSM7
-    return SendRequest(ref=ref, destination=dest, operator=operator, parts=p.parts,
-                       alphabet=alphabet)
 
 
 async def start_quirky(nursery, tmp_path, name="q1", number="+8618600000099", **quirks):
