@@ -21,6 +21,7 @@ from loadtest.stack import StackOptions, open_stack
 
 from tests.channels import ScriptedChannel
 from tests.conftest import start_gateway
+from tests.procs import alive, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -155,31 +156,6 @@ def test_cli_refuses_bad_options_before_starting_anything(args, message):
     assert message in done.stderr
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_loadtest_stops_the_processes_it_started(database_url, signum):
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -192,7 +168,7 @@ def test_a_signalled_loadtest_stops_the_processes_it_started(database_url, signu
         deadline = time.monotonic() + 60
         started: set[int] = set()
         while time.monotonic() < deadline and len(started) < 2:  # the simulators and the gateway
-            started = {p for p in _descendants(proc.pid)
+            started = {p for p in descendants(proc.pid)
                        if b"gateway.cli" in Path(f"/proc/{p}/cmdline").read_bytes()
                        or b"loadtest.simproc" in Path(f"/proc/{p}/cmdline").read_bytes()}
             time.sleep(0.2)
@@ -204,4 +180,4 @@ def test_a_signalled_loadtest_stops_the_processes_it_started(database_url, signu
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert not [p for p in started if _alive(p)], "processes left running"
+    assert not [p for p in started if alive(p)], "processes left running"

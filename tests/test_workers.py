@@ -27,6 +27,7 @@ from gateway.worker import served_here
 
 from tests.channels import ScriptedChannel
 from tests.conftest import start_gateway
+from tests.procs import alive
 
 WORKER_MODULE = b"gateway.worker"
 
@@ -45,14 +46,6 @@ def _children(parent: int) -> list[int]:
         if int(stat[1]) == parent and stat[0] != "Z" and WORKER_MODULE in cmdline:
             out.append(int(entry.name))
     return sorted(out)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -307,7 +300,7 @@ def test_sigterm_stops_the_main_and_every_worker(tmp_path, database_url):
     assert r.status_code in (200, 503) and r.json()["database"] == "ok"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
     log = (tmp_path / "gateway.log").read_text()
     assert "worker=1" in log and "worker=2" in log  # the workers' lines, named, on the main's stderr
     assert "http worker stopping reason=SIGTERM" in log
@@ -320,9 +313,9 @@ def test_sigkill_of_the_main_leaves_no_worker_behind(tmp_path, database_url):
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers)
+    assert not any(alive(pid) for pid in workers)
     assert "reason=the main process is gone" in (tmp_path / "gateway.log").read_text()
 
 
