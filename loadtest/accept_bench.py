@@ -33,6 +33,8 @@ from pathlib import Path
 
 import httpx
 
+from loadtest.procstat import cpu_seconds, descendants
+
 HERE = Path(__file__).parent
 SMSGW = [sys.executable, "-m", "gateway.cli", "--log-level", "WARNING"]
 
@@ -41,36 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of one process so far (``/proc/<pid>/stat``), 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
 
 
 def _postmaster(data: Path) -> int | None:
@@ -89,9 +61,9 @@ class CpuMeter:
 
     def _sample(self) -> dict[int, float]:
         pm = _postmaster(self._data)
-        gateway = [p for p in _tree(self._server) if p != pm]
-        postgres = _tree(pm) if pm is not None else []
-        return {"gateway": {p: _cpu_seconds(p) for p in gateway}, "postgres": {p: _cpu_seconds(p) for p in postgres}}
+        gateway = [p for p in [self._server, *descendants(self._server)] if p != pm]
+        postgres = [pm, *descendants(pm)] if pm is not None else []
+        return {"gateway": {p: cpu_seconds(p) for p in gateway}, "postgres": {p: cpu_seconds(p) for p in postgres}}
 
     def start(self) -> None:
         self._before = self._sample()

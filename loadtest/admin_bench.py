@@ -36,6 +36,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from loadtest.procstat import cpu_seconds
+
 HERE = Path(__file__).parent
 SMSGW = [sys.executable, "-m", "gateway.cli", "--log-level", "WARNING"]
 SP_ID, SECRET = "901234", "bench"
@@ -129,12 +131,6 @@ def _wrk(url: str, key: str, duration: float) -> dict[str, float]:
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (``/proc/PID/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _hey(url: str, key: str, duration: float, rate: float) -> dict[str, float]:
     """Open loop at ``rate`` requests a second (10 workers)."""
     out = subprocess.run(
@@ -164,13 +160,13 @@ def _phase(url: str, key: str, duration: float, viewers: int, admin_ws: str, tmp
                 if time.monotonic() > deadline:
                     raise SystemExit("the viewers did not connect")
                 time.sleep(0.2)
-    before, started, cpu = _delivered(url), time.monotonic(), _cpu_seconds(server)
+    before, started, cpu = _delivered(url), time.monotonic(), cpu_seconds(server)
     figures = _hey(url, key, duration, rate) if rate else _wrk(url, key, duration)
     elapsed = time.monotonic() - started
     figures["delivered_per_s"] = round((_delivered(url) - before) / elapsed, 1)
-    figures["gateway_cpu_pct"] = round((_cpu_seconds(server) - cpu) / elapsed * 100, 1)
+    figures["gateway_cpu_pct"] = round((cpu_seconds(server) - cpu) / elapsed * 100, 1)
     figures["gateway_cpu_ms_per_accepted"] = round(
-        (_cpu_seconds(server) - cpu) * 1000 / max(1.0, figures["accepted_per_s"] * duration), 3)
+        (cpu_seconds(server) - cpu) * 1000 / max(1.0, figures["accepted_per_s"] * duration), 3)
     if child is not None:
         child.wait(timeout=duration + 60)
         figures["viewers"] = json.loads(out.read_text())

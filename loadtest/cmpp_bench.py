@@ -30,6 +30,7 @@ import trio
 from gateway.cmpp import (CmppLink, CmppLinkConfig, LinkUp, StatusReport, SubmitAcked, SubmitRequest,
                           decode_status_report)
 from gateway.cmpp.pdus import MsgFmt
+from loadtest.procstat import cpu_times
 
 SP_ID, SECRET = "901234", "bench"
 
@@ -47,16 +48,6 @@ def _start_sim(port: int, dlr_delay_ms: float) -> subprocess.Popen:
         stdout=subprocess.PIPE)
     proc.stdout.readline()  # "listening on ..."
     return proc
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """(utime, stime) of a process so far, from /proc/<pid>/stat (fields 14 and 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -112,7 +103,7 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
             await all_up.wait()
         content = "您的验证码是123456，五分钟内有效。".encode("utf-16-be")
         started = time.perf_counter()
-        cpu0 = (_cpu_seconds(os.getpid()), _cpu_seconds(sim.pid))
+        cpu0 = (cpu_times(os.getpid()), cpu_times(sim.pid))
 
         async def feed(link: CmppLink, refs: range) -> None:
             # Open loop at --rate: each SUBMIT leaves at its scheduled time, whatever came before.
@@ -134,7 +125,7 @@ async def _run(args: argparse.Namespace, port: int, sim: subprocess.Popen) -> di
         with trio.move_on_after(5):  # let the last reports arrive
             while reports < args.count:
                 await trio.sleep(0.05)
-        cpu1 = (_cpu_seconds(os.getpid()), _cpu_seconds(sim.pid))
+        cpu1 = (cpu_times(os.getpid()), cpu_times(sim.pid))
         result = {
             "links": args.links, "window": args.window, "count": args.count,
             "submits_per_s": round(args.count / elapsed),

@@ -29,38 +29,20 @@ import trio
 from gateway.app import serve_gateway
 from gateway.cmpp import IsmgSimulator
 from gateway.config import CmppConfig, DispatcherConfig, HttpConfig, MerchantConfig, default_config
+from loadtest.procstat import children, cmdline, cpu_seconds
 
 SP_ID, SECRET = "901234", "bench"
 SERVICE = "10658888001"
 FIRST_PHONE = 13_700_000_000
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc (0.0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _database_pids(data_dir: str) -> list[int]:
     """The embedded PostgreSQL server started in ``data_dir`` and its children (backends)."""
-    parents: dict[int, int] = {}
-    server = None
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if data_dir.encode() in f.read() and server is None:
-                    server = int(name)
-        except OSError:
-            continue
-    return [] if server is None else [server] + [p for p, pp in parents.items() if pp == server]
+    needle = data_dir.encode()
+    for name in sorted(os.listdir("/proc"), key=lambda n: (len(n), n)):
+        if name.isdigit() and needle in cmdline(int(name)):
+            return [int(name), *children(int(name))]
+    return []
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -88,7 +70,7 @@ async def _run(args: argparse.Namespace, data_dir: str) -> dict:
         sent_at: dict[str, float] = {}
         interval = 1.0 / args.rate
         db_pids = _database_pids(data_dir)
-        cpu0 = _cpu_seconds(os.getpid()), sum(_cpu_seconds(p) for p in db_pids)
+        cpu0 = cpu_seconds(os.getpid()), sum(cpu_seconds(p) for p in db_pids)
         t0 = trio.current_time()
         async with trio.open_nursery() as senders:
             for i in range(count):
@@ -106,7 +88,7 @@ async def _run(args: argparse.Namespace, data_dir: str) -> dict:
                     break
                 await trio.sleep(0.2)
         drained_s = trio.current_time() - t0
-        cpu = _cpu_seconds(os.getpid()) - cpu0[0], sum(_cpu_seconds(p) for p in db_pids) - cpu0[1]
+        cpu = cpu_seconds(os.getpid()) - cpu0[0], sum(cpu_seconds(p) for p in db_pids) - cpu0[1]
         rows = await store.fetch(
             "SELECT m.dest, extract(epoch FROM min(e.at))::float8 AS at FROM messages m JOIN message_events e"
             " ON e.message_id = m.id AND e.status = 'submitted' WHERE m.client_ref LIKE 'mo-%' GROUP BY m.dest")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import select
 import subprocess
 import sys
@@ -34,6 +33,7 @@ import trio
 from gateway.modem_pool.pdu import Alphabet
 from gateway.modem_pool.pool import ModemDown, ModemPool, ModemSpec, ModemUp, PartSent, SendFailed, SendRequest
 from gateway.sim_modems import open_handset_client
+from loadtest.procstat import cpu_seconds
 
 HANDSETS = {"cucc": "18600000001", "ctcc": "18900000001"}
 START_TIMEOUT = 120.0
@@ -65,13 +65,6 @@ def _sims_ready(proc: subprocess.Popen, count: int) -> tuple[list[tuple[str, str
         modems.append((device, number))
     host, port = _read_line(proc, 60).split()[-1].rsplit(":", 1)
     return modems, (host, int(port))
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of another process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _Watch:
@@ -134,11 +127,11 @@ async def _run(args: argparse.Namespace, sims: subprocess.Popen, modems: list[tu
 
         period = 60.0 / args.rate
         await trio.sleep(period)  # warm-up: the first saved-up token of every SIM is spent
-        start, cpu0, sim_cpu0 = trio.current_time(), time.process_time(), _cpu_seconds(sims.pid)
+        start, cpu0, sim_cpu0 = trio.current_time(), time.process_time(), cpu_seconds(sims.pid)
         first = len(watch.sent)
         await trio.sleep(args.duration)
         sent = len(watch.sent) - first
-        cpu, sim_cpu = time.process_time() - cpu0, _cpu_seconds(sims.pid) - sim_cpu0
+        cpu, sim_cpu = time.process_time() - cpu0, cpu_seconds(sims.pid) - sim_cpu0
         elapsed = trio.current_time() - start
 
         failovers = []

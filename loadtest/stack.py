@@ -17,7 +17,6 @@ something fails to start.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -33,6 +32,7 @@ import trio
 from gateway.workers import stop_process
 
 from .http_client import Endpoint, HttpClientError, fetch
+from .procstat import children, cmdline, cpu_seconds
 from .scenarios import DEFAULT_SERVICE_NUMBER, LoadTestError
 
 __all__ = ["STARTUP_TIMEOUT", "STOP_TIMEOUT", "Stack", "StackOptions", "open_stack"]
@@ -214,25 +214,7 @@ async def open_stack(options: StackOptions = StackOptions()) -> AsyncIterator[St
 def process_cpu_seconds(pid: int) -> float | None:
     """User plus system CPU seconds of a running process (Linux ``/proc``), None if unknown,
     with those of its HTTP worker processes (``[http] workers``) when it has some."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    if not Path(f"/proc/{pid}/stat").exists():
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12]) + _worker_ticks(pid)) / ticks
-
-
-def _worker_ticks(parent: int) -> int:
-    """CPU ticks of the live ``gateway.worker`` children of ``parent``."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != parent or b"gateway.worker" not in (entry / "cmdline").read_bytes():
-                continue
-        except (OSError, IndexError, ValueError):
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total
+    workers = [c for c in children(pid) if b"gateway.worker" in cmdline(c)]
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in workers)

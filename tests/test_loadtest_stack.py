@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from loadtest.procstat import alive, cmdline, descendants
 from loadtest.report import summary, write_plots
 from loadtest.runner import HOLD_MARGIN, Options, run_scenario
 from loadtest.stack import StackOptions, open_stack
 
 from tests.channels import ScriptedChannel
 from tests.conftest import start_gateway
-from tests.procs import alive, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -169,8 +169,7 @@ def test_a_signalled_loadtest_stops_the_processes_it_started(database_url, signu
         started: set[int] = set()
         while time.monotonic() < deadline and len(started) < 2:  # the simulators and the gateway
             started = {p for p in descendants(proc.pid)
-                       if b"gateway.cli" in Path(f"/proc/{p}/cmdline").read_bytes()
-                       or b"loadtest.simproc" in Path(f"/proc/{p}/cmdline").read_bytes()}
+                       if b"gateway.cli" in cmdline(p) or b"loadtest.simproc" in cmdline(p)}
             time.sleep(0.2)
         assert len(started) >= 2, proc.stderr.read() if proc.poll() is not None else "not started"
         time.sleep(2)

@@ -24,28 +24,17 @@ import trio
 from gateway.config import AccountConfig, AdminConfig, HttpConfig
 from gateway.metrics_merge import merge_expositions
 from gateway.worker import served_here
+from loadtest.procstat import alive, children, cmdline
 
 from tests.channels import ScriptedChannel
 from tests.conftest import start_gateway
-from tests.procs import alive
 
 WORKER_MODULE = b"gateway.worker"
 
 
 def _children(parent: int) -> list[int]:
-    """Live worker processes whose parent is ``parent`` (from /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[1]) == parent and stat[0] != "Z" and WORKER_MODULE in cmdline:
-            out.append(int(entry.name))
-    return sorted(out)
+    """Live worker processes whose parent is ``parent``."""
+    return sorted(p for p in children(parent) if WORKER_MODULE in cmdline(p))
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
