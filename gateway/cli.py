@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import trio
 
-from . import __version__
+from . import __version__, heap
 from .config import Config, default_config, load_config
 from .errors import GatewayError
 
@@ -29,7 +29,10 @@ def _setup_logging(level: str) -> None:
 
 
 async def _until_signal(main: Callable[..., Awaitable[object]], *args: object) -> None:
-    """Run ``main`` (a task_status service) until SIGINT or SIGTERM, then cancel it cleanly."""
+    """Run ``main`` (a task_status service) until SIGINT or SIGTERM, then cancel it cleanly.
+
+    Once ``main`` has started, what it loaded is kept out of the garbage collector's scans
+    (:func:`gateway.heap.settle`)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async def watch() -> None:
@@ -40,6 +43,7 @@ async def _until_signal(main: Callable[..., Awaitable[object]], *args: object) -
 
             nursery.start_soon(watch)
             await nursery.start(main, *args)
+            heap.settle()
 
 
 async def _unless_signalled(main: Callable[..., Awaitable[T]], *args: object) -> T:

@@ -346,12 +346,21 @@ class Dispatcher:
         link states) to the other, so that storing an MO never waits behind the MT bookkeeping
         and the consumer's reply starts sooner. A full loop makes the channels wait, as before."""
         async with receive, mt, mo:
-            async for event in receive:
-                out = mo if isinstance(event, MoReceived) else mt
-                try:  # no scheduler round trip while the loop's buffer has room
-                    out.send_nowait(event)
-                except trio.WouldBlock:
-                    await out.send(event)
+            batch: list[ChannelEvent] = []
+            while True:
+                # One scheduler pass for what is buffered, not one per event.
+                try:
+                    batch.append(await receive.receive())
+                except trio.EndOfChannel:
+                    return
+                self._take_ready(receive, batch)
+                for event in batch:
+                    out = mo if isinstance(event, MoReceived) else mt
+                    try:  # no scheduler round trip while the loop's buffer has room
+                        out.send_nowait(event)
+                    except trio.WouldBlock:
+                        await out.send(event)
+                batch.clear()
 
     async def _event_loop(self, receive: trio.MemoryReceiveChannel[ChannelEvent]) -> None:
         async with receive:

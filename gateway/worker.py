@@ -30,6 +30,7 @@ import msgspec
 import trio
 import trio_asyncio
 
+from . import heap
 from .api import Api, PassOn
 from .compliance import MerchantDirectory
 from .errors import GatewayError, StoreError
@@ -308,6 +309,7 @@ async def _main(start: WorkerStart) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.close(devnull)
+        heap.settle()
 
 
 def main() -> int:

@@ -33,6 +33,7 @@ from typing import Annotated
 import msgspec
 import trio
 
+from gateway import heap
 from gateway.cmpp import IsmgSimulator
 from gateway.cmpp.pdus import VERSION_2_0, VERSION_3_0
 from gateway.config import split_listen
@@ -186,6 +187,7 @@ async def _until_signal(args: argparse.Namespace) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_simulators, args)
+            heap.settle()
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 return
