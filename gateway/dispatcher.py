@@ -486,7 +486,7 @@ class Dispatcher:
         while True:
             await trio.sleep(EXPIRY_SWEEP)
             try:
-                while (n := await self._store.expire_overdue()) > 0:
+                if (n := await self._store.expire_overdue()) > 0:
                     self._metrics.messages.labels("expired", "").inc(n)
                 if self._recipients.enabled and trio.current_time() >= next_prune:
                     await self._store.prune_recipient_sends()

@@ -49,6 +49,8 @@ class AcceptRequest(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     msg_class: str = "transactional"
     validity_s: int = 86400
+    """At least 60 (the API's floor): the expiry sweep's cursor relies on no accept
+    transaction lasting longer than a message's validity (migration 0016)."""
     callback_url: str | None = None
     sender: str = ""
     dlr_url: str | None = None

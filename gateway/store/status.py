@@ -88,6 +88,24 @@ def _sink_rows(sink: list[MtEvent] | None, moved: Sequence[Any]) -> None:
 
 _json_encode = msgspec.json.Encoder().encode
 
+EXPIRY_PAGE = 2000
+"""Messages read per statement by the expiry sweep."""
+
+_EXPIRY_PAGE = """
+-- The cursor as two scalar subqueries: constants to the planner, so the row comparison bounds
+-- the index scan of messages_expiry (a join would filter the index from its start).
+SELECT m.id, m.expires_at, m.status <> ALL($2::text[]) AS open
+FROM messages m
+WHERE (m.expires_at, m.id) > ((SELECT swept_at FROM expiry_sweep WHERE id = 1),
+                              (SELECT swept_id FROM expiry_sweep WHERE id = 1))
+  AND m.expires_at < now()
+ORDER BY m.expires_at, m.id LIMIT $1
+"""
+
+_EXPIRY_ADVANCE = """
+UPDATE expiry_sweep SET swept_at = $1, swept_id = $2 WHERE id = 1 AND (swept_at, swept_id) < ($1, $2)
+"""
+
 _SUBMITTED = """
 WITH r AS (
     INSERT INTO message_refs (channel, ref, message_id, part)
@@ -321,13 +339,24 @@ class StatusStore(StoreCore):
         self._emit(sink)
         return outcomes
 
-    async def expire_overdue(self, limit: int = 1000) -> int:
-        """Messages past their validity with no final state end ``expired``."""
-        ids = [r[0] for r in await self.fetch(
-            "SELECT id FROM messages WHERE status IN ('accepted', 'queued', 'submitted') AND expires_at < now()"
-            " LIMIT $1", limit)]
-        if not ids:
-            return 0
-        moved = await self.set_status([(i, Status.EXPIRED, None, None, "no final report within the validity period")
-                                       for i in ids])
-        return len(moved)
+    async def expire_overdue(self, page: int = EXPIRY_PAGE) -> int:
+        """Messages past their validity with no final state end ``expired``; returns how many.
+
+        Walks the messages whose validity ran out since the last sweep, in (expires_at, id)
+        order, ``page`` at a time, from the cursor in ``expiry_sweep`` (migration 0016), and
+        moves the cursor past each page once its open messages are ``expired``: each message
+        is read once, whatever the size of the table. Nodes may sweep at once: a status write
+        never leaves a final state, and the cursor only moves forward."""
+        expired = 0
+        while True:
+            rows = await self.fetch(_EXPIRY_PAGE, page, _FINAL)
+            if not rows:
+                return expired
+            open_ids = [r[0] for r in rows if r[2]]
+            if open_ids:
+                expired += len(await self.set_status(
+                    [(i, Status.EXPIRED, None, None, "no final report within the validity period") for i in open_ids]))
+            last = rows[-1]
+            await self.execute(_EXPIRY_ADVANCE, last[1], last[0])
+            if len(rows) < page:
+                return expired
