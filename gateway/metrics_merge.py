@@ -21,7 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .errors import GatewayError
 
-__all__ = ["MetricsMergeError", "merge_expositions"]
+__all__ = ["MONOTONIC_TYPES", "MetricsMergeError", "merge_expositions", "retire_exposition"]
+
+MONOTONIC_TYPES = frozenset({"counter", "histogram", "summary"})
+"""Metric types whose samples only grow while a process lives."""
 
 
 class MetricsMergeError(GatewayError):
@@ -57,6 +60,21 @@ def merge_expositions(texts: Sequence[str]) -> bytes:
     """The sum of ``texts`` (Prometheus text format 0.0.4) as one exposition in that format.
 
     Raises :class:`MetricsMergeError` naming the exposition that does not parse."""
+    return _expose(_merge(texts, monotonic_only=False))
+
+
+def retire_exposition(retired: str, last: str) -> str:
+    """``retired`` (what processes that exited had counted) plus the counters, histograms and
+    summaries of ``last``, the last reading of a process that has now exited; its gauges are
+    dropped, since nothing sets them any more.
+
+    Added to the sum of the live processes, this keeps every counter of the whole from going
+    back when a worker is replaced by a new one that counts from zero again (Prometheus would
+    take the drop for a reset and count the survivors' totals once more in its ``rate``)."""
+    return _expose(_merge([retired, last], monotonic_only=True)).decode("utf-8")
+
+
+def _merge(texts: Sequence[str], *, monotonic_only: bool) -> _Merged:
     merged = _Merged()
     for i, text in enumerate(texts):
         try:
@@ -64,7 +82,12 @@ def merge_expositions(texts: Sequence[str]) -> bytes:
         except ValueError as exc:
             raise MetricsMergeError(f"exposition {i} does not parse: {exc}") from None
         for family in families:
-            merged.add(family)
+            if not monotonic_only or family.type in MONOTONIC_TYPES:
+                merged.add(family)
+    return merged
+
+
+def _expose(merged: _Merged) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(merged)
     return generate_latest(registry)

@@ -38,7 +38,7 @@ from .errors import GatewayError, StoreUnavailable
 from .http.server import Handler, HttpLimits, Request, Response, open_http_listeners, serve_http
 from .httpclient import HttpClient, HttpClientError, Limits, Target
 from .metrics import Metrics
-from .metrics_merge import MetricsMergeError, merge_expositions
+from .metrics_merge import MetricsMergeError, merge_expositions, retire_exposition
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ RESTART_BACKOFF_MAX = 30.0
 RESTART_BACKOFF_RESET = 60.0
 """A worker that ran this long before dying is restarted after the minimum backoff again."""
 METRICS_SCRAPE_TIMEOUT = 2.0
-"""Seconds a worker gets to answer the main's scrape; one that does not is left out of it."""
+"""Seconds a worker gets to answer the main's scrape; one that does not counts with its last reading."""
 WAKE_RETRY_MIN = 1.0
 WAKE_RETRY_MAX = 30.0
 """Seconds before listening again after the listening connection was lost (doubling)."""
@@ -121,8 +121,8 @@ class ProcessMetrics:
             self.restarts = Counter(
                 "smsgw_http_worker_restarts_total", "HTTP worker processes restarted after they died", registry=r)
             self.scrape_misses = Counter(
-                "smsgw_http_worker_scrape_misses_total", "Worker metrics left out of a scrape (no answer in time,"
-                " or a bad one)", registry=r)
+                "smsgw_http_worker_scrape_misses_total", "Scrapes a worker did not answer in time or well (it"
+                " counted with its last reading)", registry=r)
 
 
 # --- the main process ------------------------------------------------------------------------
@@ -193,6 +193,10 @@ class WorkerPool:
         """The private listener's port of each worker now ready, by worker index."""
         self.pids: dict[int, int] = {}
         """The process id of each worker now ready, by worker index."""
+        self._readings: dict[int, str] = {}
+        """The last exposition read from each worker now ready, by process id."""
+        self.retired = ""
+        """What the workers that exited had counted (:func:`retire_exposition`): part of the sum."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the workers one after the other, report ready once all are, and keep them
@@ -258,6 +262,9 @@ class WorkerPool:
             finally:
                 self._metrics.workers_up.dec()
                 self.pids.pop(index, None)
+                last = self._readings.pop(proc.pid, None)
+                if last is not None:  # what it counted since then is lost with it
+                    self.retired = retire_exposition(self.retired, last)
                 port = self._ports.pop(index, None)
                 if port is not None:
                     self._client.discard("127.0.0.1", port)
@@ -265,11 +272,13 @@ class WorkerPool:
             await _stop_worker(proc, index)
 
     async def scrape(self) -> list[str]:
-        """Every ready worker's own metrics (Prometheus text), read concurrently; a worker that
-        does not answer within METRICS_SCRAPE_TIMEOUT, or answers badly, is left out (logged)."""
+        """Every ready worker's own metrics (Prometheus text), read concurrently, then
+        :attr:`retired` (when a worker has exited). A worker that does not answer within
+        METRICS_SCRAPE_TIMEOUT, or answers badly, counts with its last reading (logged), so
+        that no counter of the sum goes back."""
         texts: dict[int, str] = {}
 
-        async def one(index: int, port: int) -> None:
+        async def one(index: int, port: int, pid: int | None) -> None:
             error = "no answer in time"
             with trio.move_on_after(METRICS_SCRAPE_TIMEOUT):
                 try:
@@ -280,15 +289,21 @@ class WorkerPool:
                 else:
                     if answer.status == 200:
                         texts[index] = answer.body.decode("utf-8", "replace")
+                        if pid is not None and self.pids.get(index) == pid:  # not exited meanwhile
+                            self._readings[pid] = texts[index]
                         return
                     error = f"status {answer.status}"
             self._metrics.scrape_misses.inc()
-            log.warning("worker metrics left out of the scrape worker=%d error=%s", index, error)
+            last = self._readings.get(pid) if pid is not None else None
+            if last is not None:
+                texts[index] = last
+            log.warning("worker metrics %s worker=%d error=%s", "at their last reading" if last else "left out",
+                        index, error)
 
         async with trio.open_nursery() as nursery:
             for index, port in list(self._ports.items()):
-                nursery.start_soon(one, index, port)
-        return [texts[i] for i in sorted(texts)]
+                nursery.start_soon(one, index, port, self.pids.get(index))
+        return [texts[i] for i in sorted(texts)] + ([self.retired] if self.retired else [])
 
 
 def _nothing() -> None:

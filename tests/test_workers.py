@@ -177,6 +177,12 @@ async def test_a_killed_worker_is_restarted(nursery, database_url):
     gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel()],
                              http=HttpConfig(listen="127.0.0.1:0", workers=2))
     [worker] = _children(os.getpid())
+    await _post_each_on_a_new_connection(gw.url, gw.key, 30)
+    async with gw.client() as client:
+        before = (await client.get("/metrics")).text
+    counted = _sample(before, "smsgw_http_process_requests_total", process="worker-1")
+    accepted = _sample(before, "smsgw_messages_accepted_total")
+    assert counted > 0 and accepted == 30
     os.kill(worker, signal.SIGKILL)
     with trio.fail_after(20):
         while True:
@@ -193,8 +199,18 @@ async def test_a_killed_worker_is_restarted(nursery, database_url):
                 break
             await trio.sleep(0.2)
     assert _sample(text, "smsgw_http_worker_restarts_total") == 1
+    # The dead worker's counts stay in the sum: no counter went back.
+    assert _sample(text, "smsgw_http_process_requests_total", process="worker-1") >= counted
+    assert _sample(text, "smsgw_messages_accepted_total") == 30
     answers = await _post_each_on_a_new_connection(gw.url, gw.key, 30)
     assert [a.status_code for a in answers] == [202] * 30
+    async with gw.client() as client:
+        after = (await client.get("/metrics")).text
+
+    def served(text: str) -> float:
+        return sum(_sample(text, "smsgw_http_process_requests_total", process=p) for p in ("main", "worker-1"))
+
+    assert served(after) >= served(text) + 30  # (the same client_refs: nothing new accepted)
 
 
 async def test_a_worker_commit_wakes_the_dispatcher_at_once(nursery, database_url):
@@ -235,6 +251,30 @@ def test_merged_metrics_sum_sample_by_sample():
     assert _sample(text, "smsgw_api_request_duration_seconds_sum", route="send") == pytest.approx(0.301)
     assert _sample(text, "smsgw_queue_depth") == 7
     assert "# TYPE smsgw_api_requests_total counter" in text
+
+
+def test_an_exited_worker_s_counts_stay_in_the_sum_and_its_gauges_leave():
+    from gateway.metrics import Metrics
+    from gateway.metrics_merge import retire_exposition
+
+    first, second, main = Metrics(), Metrics(), Metrics()
+    first.api_requests.labels("send", "202").inc(5)
+    first.api_latency.labels("send").observe(0.2)
+    first.queue_depth.set(9)  # a gauge: nobody sets it once the process is gone
+    retired = retire_exposition("", first.exposition().decode())
+    second.api_requests.labels("send", "202").inc(2)
+    retired = retire_exposition(retired, second.exposition().decode())
+    main.api_requests.labels("send", "202").inc(1)
+    main.queue_depth.set(3)
+    # A third worker took their place and counted from zero again.
+    third = Metrics()
+    third.api_requests.labels("send", "202").inc(1)
+    text = merge_expositions([main.exposition().decode(), third.exposition().decode(), retired]).decode()
+    assert _sample(text, "smsgw_api_requests_total", route="send", code="202") == 5 + 2 + 1 + 1
+    assert _sample(text, "smsgw_api_request_duration_seconds_count", route="send") == 1
+    assert _sample(text, "smsgw_api_request_duration_seconds_bucket", route="send", le="0.25") == 1
+    assert _sample(text, "smsgw_queue_depth") == 3
+    assert "smsgw_queue_depth" not in retired
 
 
 def test_routes_a_worker_serves_itself():
@@ -308,13 +348,16 @@ def test_sigkill_of_the_main_leaves_no_worker_behind(tmp_path, database_url):
     assert "reason=the main process is gone" in (tmp_path / "gateway.log").read_text()
 
 
-async def test_a_stalled_worker_is_left_out_of_the_scrape(nursery, database_url):
+async def test_a_stalled_worker_counts_with_its_last_reading(nursery, database_url):
     from gateway.workers import METRICS_SCRAPE_TIMEOUT
 
     gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel()],
                              http=HttpConfig(listen="127.0.0.1:0", workers=2))
     [worker] = _children(os.getpid())
     await _post_each_on_a_new_connection(gw.url, gw.key, 20)
+    async with gw.client() as client:
+        read = _sample((await client.get("/metrics")).text, "smsgw_http_process_requests_total", process="worker-1")
+    assert read > 0
     os.kill(worker, signal.SIGSTOP)
     try:
         text = None
@@ -332,7 +375,8 @@ async def test_a_stalled_worker_is_left_out_of_the_scrape(nursery, database_url)
                 break
         assert text is not None
         assert elapsed < METRICS_SCRAPE_TIMEOUT + 2  # the scrape waited for the worker no longer than that
-        assert _sample(text, "smsgw_http_process_requests_total", process="worker-1") == 0  # left out
+        # Its last reading, not 0: the sum's counters never go back.
+        assert _sample(text, "smsgw_http_process_requests_total", process="worker-1") == read
         assert _sample(text, "smsgw_http_process_requests_total", process="main") > 0
         assert _sample(text, "smsgw_http_worker_scrape_misses_total") >= 1
     finally:
