@@ -1,4 +1,4 @@
-"""The accept statement and what migration 0015 keeps of the dropped foreign keys."""
+"""The accept statement and what migrations 0015 and 0017 keep of the dropped foreign keys."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ async def test_deleting_messages_deletes_their_queue_rows(store):
     assert await store.fetchval("SELECT count(*) FROM outbound_queue") == 2
     await store.execute("DELETE FROM messages WHERE id = $1", first)
     assert [r["message_id"] for r in await store.fetch("SELECT message_id FROM outbound_queue")] == [second]
+
+
+async def test_deleting_messages_deletes_their_refs(store):
+    account = await store.ensure_account("shop")
+    [res] = await store.accept([AcceptRequest(account_id=account.id, messages=(_msg("13800138000"),
+                                                                               _msg("13800138001")))])
+    first, second = (m.id for m in res.messages)
+    await store.record_submitted([("cmpp-a", first, 1, "r1"), ("cmpp-a", second, 1, "r2")])
+    await store.execute("DELETE FROM messages WHERE id = $1", first)
+    assert [tuple(r) for r in await store.fetch("SELECT ref, message_id FROM message_refs")] == [("r2", second)]
 
 
 async def test_an_account_with_messages_cannot_be_deleted(store):
