@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.api import ApiError
+from gateway.api import ApiError, decode_body
 from gateway.errors import StoreConflict, StoreError, StoreUnavailable
 from gateway.http import Request, Response, Router
 
@@ -52,24 +52,13 @@ RETRY_AFTER_S = 5
 """Seconds a 503 asks the client to wait before retrying."""
 
 _encoder = msgspec.json.Encoder()
-_FIELD_RE = re.compile(r"`\$\.([^`\[]+)")
-_MISSING_RE = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
 _INT_RE = re.compile(r"-?[0-9]{1,19}")
 """ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int()`` refuses."""
 
 
 def decode(body: bytes, type_: type[T]) -> T:
     """``body`` as ``type_``; raises a 400 :class:`ApiError` naming the offending field."""
-    if not body:
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-    try:
-        return msgspec.json.decode(body, type=type_)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _MISSING_RE.search(text) or _FIELD_RE.search(text)
-        raise ApiError(400, "invalid_field", text, field=m.group(1) if m else None) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
+    return decode_body(body, type_)
 
 
 def json_response(obj: Any, status: int = 200) -> Response:

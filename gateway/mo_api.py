@@ -26,7 +26,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from .api import Api, ApiError
+from .api import Api, ApiError, decode_body
 from .config import Config
 from .http import Request, Response, Router
 from .router.mo_dispatch import normalize_keyword
@@ -79,23 +79,6 @@ class BlockList(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 
 
-def _decode(body: bytes, type_: type):
-    if not body:
-        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-    try:
-        return msgspec.json.decode(body, type=type_)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        field = None
-        for marker in ("`$.", "field `"):
-            if marker in text:
-                field = text.split(marker, 1)[1].split("`", 1)[0].split("[", 1)[0]
-                break
-        raise ApiError(400, "invalid_field", text, field=field) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
-
-
 def _phone(raw: str, field: str = "phone") -> str:
     try:
         return normalize_msisdn(raw)
@@ -138,7 +121,7 @@ class MoApi:
 
     async def subscribe(self, request: Request) -> Response:
         account = await self._api.authenticate(request)
-        body: SubscriptionBody = _decode(request.body, SubscriptionBody)
+        body: SubscriptionBody = decode_body(request.body, SubscriptionBody)
         u = urllib.parse.urlsplit(body.url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ApiError(400, "invalid_field", "`url` must be an absolute http(s) URL", field="url")
@@ -185,7 +168,7 @@ class MoApi:
 
     async def block(self, request: Request) -> Response:
         self._admin(request)
-        body: BlockBody = _decode(request.body, BlockBody)
+        body: BlockBody = decode_body(request.body, BlockBody)
         entry, created = await self._store.block(_phone(body.phone), body.reason, "admin")
         return _json(201 if created else 200, _blocked_out(entry))
 
@@ -196,7 +179,7 @@ class MoApi:
             if "phone" in query:
                 phone = query["phone"][0]
             else:
-                phone = _decode(request.body, UnblockBody).phone
+                phone = decode_body(request.body, UnblockBody).phone
             number = _phone(phone)
         else:
             number = _phone(urllib.parse.unquote(phone))
