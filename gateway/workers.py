@@ -288,9 +288,9 @@ class WorkerPool:
                     error = str(exc)
                 else:
                     if answer.status == 200:
-                        texts[index] = answer.body.decode("utf-8", "replace")
-                        if pid is not None and self.pids.get(index) == pid:  # not exited meanwhile
-                            self._readings[pid] = texts[index]
+                        if pid is not None and self.pids.get(index) == pid:
+                            texts[index] = self._readings[pid] = answer.body.decode("utf-8", "replace")
+                        # else it exited meanwhile: its last reading is in ``retired`` already
                         return
                     error = f"status {answer.status}"
             self._metrics.scrape_misses.inc()
