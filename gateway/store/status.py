@@ -199,13 +199,6 @@ WITH r AS (
               $3::jsonb -> (r.channel || ' ' || r.ref) ->> 1 AS error_code,
               ($3::jsonb -> (r.channel || ' ' || r.ref) ->> 2)::int AS n
 ),
-known AS (
-    -- Refs reported before: a duplicate report. Read in the statement's snapshot, the one the
-    -- UPDATE above used: a ref committed after it began is in neither, so its report stays
-    -- unmatched (held and retried), never taken for a duplicate.
-    SELECT k.channel, k.ref, k.message_id FROM message_refs k
-    WHERE (k.channel, k.ref) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND k.status <> 'submitted'
-),
 d AS (
     -- Per message: parts delivered now, and the first failure reported (in batch order).
     SELECT r.message_id AS id, count(*) FILTER (WHERE r.status = 'delivered') AS delivered,
@@ -258,10 +251,17 @@ SELECT 'applied' AS kind, r.channel, r.ref, r.message_id AS id, r.status, NULL::
        NULL::text AS dest, NULL::smallint AS parts, NULL::text AS class, NULL::text AS error_code,
        NULL::text AS detail FROM r
 UNION ALL
-SELECT 'known', k.channel, k.ref, k.message_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM known k
-UNION ALL
 SELECT 'moved', v.channel, NULL, v.id, v.status, v.account_id, v.dest, v.parts, v.class, v.error_code, v.detail
 FROM v
+"""
+
+
+_KNOWN_REFS = """
+-- Refs of reports the batch's statement left unmatched that were reported before: duplicates.
+-- A ref still 'submitted' here was committed after that statement began: its report stays
+-- unmatched (held and retried), never taken for a duplicate.
+SELECT channel, ref, message_id FROM message_refs
+WHERE (channel, ref) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND status <> 'submitted'
 """
 
 
@@ -271,7 +271,9 @@ async def _aio_reports(
     """Apply delivery reports (channel, ref, status, error_code) in one statement (one round
     trip, atomic): the refs, the messages' delivered parts, and each message's final state
     (the first failure reported, or ``delivered`` once every part is) with its history,
-    webhooks and removal from the queue. Returns one outcome per report, in order."""
+    webhooks and removal from the queue. Only when some report matched no ref waiting for one
+    does a second, read-only statement tell duplicates from reports that came too early.
+    Returns one outcome per report, in order."""
     first: dict[str, tuple[str, str, int]] = {}
     for n, (channel, ref, status, error_code) in enumerate(reports, start=1):
         first.setdefault(f"{channel} {ref}", (status, error_code, n))  # channel names hold no space
@@ -279,16 +281,17 @@ async def _aio_reports(
     rows = await pool.fetch(_REPORTS, [k[0] for k in keys], [k[1] for k in keys],
                             _json_encode(first).decode(), _FINAL)
     by_ref: dict[tuple[str, str], int] = {}
-    known_refs: dict[tuple[str, str], int] = {}
     moved = []
     for row in rows:
-        kind = row[0]
-        if kind == "applied":
+        if row[0] == "applied":
             by_ref[(row[1], row[2])] = row[3]
-        elif kind == "known":
-            known_refs[(row[1], row[2])] = row[3]
         else:
             moved.append((row[3], row[4], row[5], row[6], row[1], row[7], row[8], row[9], row[10]))
+    known_refs: dict[tuple[str, str], int] = {}
+    unmatched = [k for k in keys if (k[0], k[1]) not in by_ref]
+    if unmatched:  # rare: a duplicate, or a report ahead of its submit being recorded
+        known_refs = {(r[0], r[1]): r[2] for r in await pool.fetch(
+            _KNOWN_REFS, [k[0] for k in unmatched], [k[1] for k in unmatched])}
     moved.sort()
     _sink_rows(sink, moved)
     outcomes: list[ReportOutcome] = []
