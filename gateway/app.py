@@ -31,6 +31,7 @@ from .metrics import MeteredBus, Metrics
 from .mo_api import MoApi
 from .mo_dispatch import MoDispatcher
 from .pgserver import EmbeddedPostgres
+from .retention import serve_retention
 from .router.commands import CommandHandler
 from .store import Store, open_store
 from .webhooks import WebhookSender
@@ -152,6 +153,7 @@ async def serve_gateway(
             # MO dispatch before the channels: MOs stored before a crash are answered now.
             await nursery.start(mo_dispatcher.run)
             await nursery.start(dispatcher.run)
+            await nursery.start(serve_retention, store, config.retention, metrics)
             running = Running(http_url="", http_port=0, database_url=url, store=store,
                               dispatcher=dispatcher, metrics=metrics, bus=bus, intake=intake,
                               outbox=SigningOutbox(IntakeOutbox(intake, max_parts=config.http.max_parts), merchants),

@@ -203,6 +203,16 @@ class LimitsConfig(_Section):
     the recipient limits."""
 
 
+class RetentionConfig(_Section):
+    """How long finished messages are kept (README "Retention")."""
+
+    days: Annotated[int, Meta(ge=0, le=36_500)] = 0
+    """Messages in a final state are deleted, with their history, refs and callbacks, this many
+    days after their validity ended; 0 keeps them for ever."""
+    interval: Seconds = 60.0
+    """Seconds between purges."""
+
+
 class Config(_Section):
     data_dir: str = "./.smsgw"
     database: DatabaseConfig = DatabaseConfig()
@@ -217,6 +227,7 @@ class Config(_Section):
     crm: CrmConfig = CrmConfig()
     compliance: ComplianceConfig = ComplianceConfig()
     limits: LimitsConfig = LimitsConfig()
+    retention: RetentionConfig = RetentionConfig()
     routes: list[RouteRule] = []
     """MT routing rules in order (``[[routes]]``); see :mod:`gateway.router.routing`."""
 

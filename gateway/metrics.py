@@ -52,6 +52,8 @@ class Metrics:
         self.reports_unmatched = Counter(
             "smsgw_delivery_reports_unmatched_total", "Delivery reports that matched no message after the grace period",
             ["channel"], registry=r)
+        self.messages_purged = Counter(
+            "smsgw_messages_purged_total", "Finished messages deleted by retention ([retention] days)", registry=r)
         self.webhooks = Counter(
             "smsgw_webhook_attempts_total", "Delivery webhook attempts by result (delivered, retry, failed)",
             ["result"], registry=r)

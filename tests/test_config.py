@@ -30,6 +30,7 @@ def test_defaults_and_a_full_file():
         ("[intake]\nmax_delay = 5", "$.intake.max_delay"),
         ('[[cmpp]]\nname = "a"', "$.cmpp[0]"),
         ('[[modems]]\nname = "m1"\ndevice = "/dev/x"\noperators = ["vodafone"]', "$.modems[0].operators[0]"),
+        ("[retention]\ndays = -1", "$.retention.days"),
         ("colour = 1", "colour"),
         ("[http", "TOML"),
     ],

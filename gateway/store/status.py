@@ -102,6 +102,20 @@ WHERE (m.expires_at, m.id) > ((SELECT swept_at FROM expiry_sweep WHERE id = 1),
 ORDER BY m.expires_at, m.id LIMIT $1
 """
 
+_PURGE = """
+-- The oldest finished messages past retention, a page at a time, locked so that two nodes
+-- purging at once take different ones; their history rows here, their refs, queue rows and
+-- callbacks by trigger and cascade (migrations 0015, 0017; webhook_outbox's foreign key).
+WITH doomed AS (
+    SELECT id FROM messages
+    WHERE expires_at < now() - make_interval(days => $1) AND status = ANY($2::text[])
+    ORDER BY expires_at, id LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+e AS (DELETE FROM message_events WHERE message_id IN (SELECT id FROM doomed))
+DELETE FROM messages WHERE id IN (SELECT id FROM doomed)
+"""
+
 _EXPIRY_ADVANCE = """
 UPDATE expiry_sweep SET swept_at = $1, swept_id = $2 WHERE id = 1 AND (swept_at, swept_id) < ($1, $2)
 """
@@ -341,6 +355,12 @@ class StatusStore(StoreCore):
         outcomes = await self._call(_aio_reports, self._pool, reports, sink)
         self._emit(sink)
         return outcomes
+
+    async def purge_finished(self, days: int, page: int) -> int:
+        """Delete up to ``page`` messages in a final state whose validity ended more than
+        ``days`` days ago, oldest first, with everything recorded of them; returns how many."""
+        done = await self.execute(_PURGE, days, _FINAL, page)
+        return int(done.rsplit(" ", 1)[-1])
 
     async def expire_overdue(self, page: int = EXPIRY_PAGE) -> int:
         """Messages past their validity with no final state end ``expired``; returns how many.
