@@ -2,9 +2,11 @@
 
 Two loops under one nursery. The *claim loop* asks the channels how much they can take, claims
 that many due messages by lease (``FOR UPDATE SKIP LOCKED``, so several gateway processes share
-one queue), marks them ``queued`` on the channel chosen, and submits them. The *event loop*
-takes what the channels report — parts submitted, submit failures, delivery reports, MOs, link
-changes — and writes them to the store in batches. A delivery report that arrives before its
+one queue), chooses a channel for each and submits them. The *event loop* takes what the
+channels report — parts submitted, submit failures, delivery reports, MOs, link changes — and
+writes them to the store in batches; a message's routing (``queued`` on its channel) is
+stored with the first part the channel reports, or its failure, in the same statement, so
+routing costs no write of its own. A delivery report that arrives before its
 submit is stored (another node's link, or a fast operator) is held in a bounded grace buffer
 and retried, never dropped.
 
@@ -14,8 +16,8 @@ wait in the queue, transactional ones go. The channel is chosen by the routing t
 that are up and have room; a message no channel can take now goes back to the queue for a
 second, not failed, until one can or its validity runs out. A retry after a transient
 failure prefers another channel than the one that failed it. Per-recipient limits
-(``[limits]``, :mod:`gateway.router.recipients`) are counted in the database in the
-transaction that marks messages queued, so they hold across nodes; a message over them waits
+(``[limits]``, :mod:`gateway.router.recipients`) are counted in the database in one
+transaction per claimed batch, so they hold across nodes; a message over them waits
 in the queue until its window allows. Every wait on a limit is published as a
 :class:`~gateway.events.LimitEvent`.
 
@@ -110,6 +112,9 @@ class Dispatcher:
         self.node = config.node_id or default_node_id()
         self._wake = trio.Event()
         self._grace: dict[tuple[str, str], tuple[DeliveryReport, float]] = {}
+        self._routed: dict[int, float] = {}
+        """Messages handed to a channel whose routing (``queued``) is not stored yet: it is,
+        with the first part the channel reports (or its failure). By id, with the time."""
         self._retry_backoff = RETRY_BACKOFF
         self._quiet = QuietHours.parse(config.quiet_hours, config.timezone)
         self.mo_listeners: list[trio.MemorySendChannel[tuple[int, MoReceived]]] = []
@@ -265,14 +270,15 @@ class Dispatcher:
                 continue
             room[name] -= 1
             plan.append((m, by_name[name]))
+        # The routing itself (``queued`` on the channel) is recorded with the first part the
+        # channel submits (Store.record_submitted): one statement fewer per batch.
         rows = [(m.id, Status.EXPIRED, None, None, "validity ran out before submission") for m in expired]
-        rows += [(m.id, Status.QUEUED, c.name, None, f"channel={c.name}") for m, c in plan]
         limited = []
         if self._recipients.enabled:
             limited = [(m.id, m.dest) for m, _ in plan if m.msg_class not in self._recipients_exempt]
         try:
             # Unroutable now (no channel up with room for it): back to the queue, not failed.
-            moved, held = await self._store.commit_routing(
+            _, held = await self._store.commit_routing(
                 rows, unroutable=unroutable, unroutable_delay=UNROUTABLE_DELAY, recipients=limited,
                 decide=self._decide_recipients)
         except StoreError as exc:
@@ -282,10 +288,11 @@ class Dispatcher:
             self._message_counter("expired", "").inc(len(expired))
         self._report_waits(saturated, {m.dest: held[m.id] for m, _ in plan if m.id in held},
                            sum(1 for m, _ in plan if m.id in held))
-        go = [(m, channel) for m, channel in plan if m.id in moved and m.id not in held]
-        # (the others: final already, e.g. expired by another node, or waiting on a limit)
+        go = [(m, channel) for m, channel in plan if m.id not in held]  # (held: waiting on a limit)
         self._count_messages("queued", [channel.name for _, channel in go])
+        now_t = trio.current_time()
         for m, channel in go:
+            self._routed[m.id] = now_t
             try:
                 await channel.submit(m)
             except GatewayError as exc:  # a message the channel cannot carry fails alone
@@ -400,7 +407,10 @@ class Dispatcher:
                 self._metrics.channel_up.labels(e.channel).set(1 if e.up else 0)
                 log.info("channel %s channel=%s detail=%s", "up" if e.up else "down", e.channel, e.detail)
         if submitted:
-            done = await self._store.record_submitted(submitted)
+            routed = {item[1] for item in submitted if item[1] in self._routed}
+            done = await self._store.record_submitted(submitted, routed=routed)
+            for message_id in routed:
+                self._routed.pop(message_id, None)
             channel_of = {item[1]: item[0] for item in submitted}
             self._count_messages("submitted", [channel_of[message_id] for message_id in done])
         if failures:
@@ -418,6 +428,12 @@ class Dispatcher:
                     await listener.send((mo_id, e))
 
     async def _record_failures(self, failures: list[SubmitFailed]) -> None:
+        routed = [e for e in failures if e.message_id in self._routed]
+        if routed:  # the routing first, as the history has had it
+            await self._store.set_status([(e.message_id, Status.QUEUED, e.channel, None, f"channel={e.channel}")
+                                          for e in routed])
+            for e in routed:
+                self._routed.pop(e.message_id, None)
         permanent = [(e.message_id, Status.FAILED, e.channel, e.error_code or None, e.reason)
                      for e in failures if not e.transient]
         transient = [e for e in failures if e.transient]
@@ -467,6 +483,10 @@ class Dispatcher:
     async def _grace_loop(self) -> None:
         while True:
             await trio.sleep(GRACE_RETRY)
+            if self._routed:  # a channel that never reported: the lease lets another claim it
+                cutoff = trio.current_time() - 2 * self._config.lease
+                for message_id in [i for i, t in self._routed.items() if t < cutoff]:
+                    del self._routed[message_id]
             if not self._grace:
                 continue
             now = trio.current_time()

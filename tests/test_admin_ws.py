@@ -116,12 +116,18 @@ async def test_filters_change_mid_stream_and_bad_frames_get_errors(nursery, data
     gw = await start(nursery, database_url, [ch])
     async with open_websocket_url(gw.running.admin_ws_url, extra_headers=bearer(TOKEN)) as ws, gw.client() as c:
         await next_frame(ws)
-        await ws.send_message(json.dumps({"type": "filter", "status": "queued", "prefix": "139"}))
+        await ws.send_message(json.dumps({"type": "filter", "status": "submitted", "prefix": "139"}))
         ack = await next_frame(ws)
-        assert ack["type"] == "filter" and ack["filter"] == {"status": "queued", "prefix": "139"}
+        assert ack["type"] == "filter" and ack["filter"] == {"status": "submitted", "prefix": "139"}
         await c.post("/v1/messages", json={"to": ["13800138000", "13900139000"], "text": "hi"})
+        with trio.fail_after(10):
+            while len(ch.submitted) < 2:
+                await trio.sleep(0.01)
+        for m in sorted(ch.submitted, key=lambda m: m.id):
+            await ch.ack(m, 1)
+        # (queued, then submitted, for both: the last event of the batch is 139's submitted)
         f = await next_frame(ws, types={"mt"})
-        assert (f["status"], f["to"]) == ("queued", "139****9000")
+        assert (f["status"], f["to"]) == ("submitted", "139****9000")
         # changed mid-stream: only this account's events now, any status
         await ws.send_message(json.dumps({"type": "filter", "account": "acme", "types": ["mt"]}))
         assert (await next_frame(ws, types={"filter"}))["filter"] == {"account": "acme", "types": ["mt"]}

@@ -156,6 +156,33 @@ async def test_transitions_are_published_once_committed(store):
                   (a, "undeliverable", CH, "UNDELIV", "report stat=UNDELIV")]
 
 
+async def test_a_routing_is_recorded_with_the_first_part_the_channel_submits(store):
+    """The dispatcher does not write ``queued`` on its own: a message it routed is moved to
+    ``queued`` on the channel by the statement that records its first submitted part, with
+    the same history, Kannel DLRs (4 before 8) and events as two separate moves."""
+    account = await store.ensure_account("shop")
+    (res,) = await store.accept([AcceptRequest(
+        account_id=account.id, dlr_url="http://app.example/k?d=%d", dlr_mask=4 | 8,
+        messages=(NewMessage(dest="13800130000", operator="cmcc", body="x", encoding="gsm7", parts=1),
+                  NewMessage(dest="13800130001", operator="cmcc", body="x" * 300, encoding="gsm7", parts=2)))])
+    one, two = (m.id for m in res.messages)
+    bus = EventBus()
+    store.events = bus
+    with bus.subscribe() as sub:
+        assert await store.record_submitted([(CH, one, 1, "o1"), (CH, two, 1, "t1")], routed={one, two}) == [one]
+        assert await store.fetchval("SELECT status FROM messages WHERE id = $1", two) == "queued"
+        assert await store.record_submitted([(CH, two, 2, "t2")]) == [two]
+        events, _ = await sub.receive()
+    assert await history(store, one) == [("accepted", ""), ("queued", f"channel={CH}"), ("submitted", f"channel={CH}")]
+    assert await history(store, two) == [("accepted", ""), ("queued", f"channel={CH}"), ("submitted", f"channel={CH}")]
+    rows = await store.fetch("SELECT message_id, dlr_type FROM webhook_outbox ORDER BY id")
+    assert [tuple(r) for r in rows if r[0] == one] == [(one, 4), (one, 8)]
+    assert [tuple(r) for r in rows if r[0] == two] == [(two, 4), (two, 8)]
+    mt = [(e.id, e.status) for e in events if isinstance(e, MtEvent)]
+    assert mt == [(one, "queued"), (two, "queued"), (one, "submitted"), (two, "submitted")]
+    assert await store.fetchval("SELECT count(*) FROM outbound_queue") == 0
+
+
 async def test_set_status_takes_final_messages_out_of_the_queue_in_one_statement(store):
     a, b = await queued(store, 1, 1)
     assert await store.set_status([(a, Status.REJECTED, None, "blocklisted", "rejected: blocklisted"),
@@ -193,7 +220,7 @@ async def test_report_and_submit_statements_probe_the_indexes_whatever_the_table
     reports = await plan(_REPORTS, [CH] * 100, [f"r{i}" for i in pending],
                          json.dumps({f"{CH} r{i}": ["delivered", "", n] for n, i in enumerate(pending, 1)}), _FINAL)
     submitted = await plan(_SUBMITTED, [CH] * 100, [f"s{i}" for i in fresh], fresh, [1] * 100, fresh, [1] * 100,
-                           [CH] * 100, [0] * 100)
+                           [CH] * 100, [0] * 100, fresh)  # (each routed here, as the dispatcher's are)
     for text in (reports, submitted):
         assert "Seq Scan on messages" not in text, text
         assert "Rows Removed by Join Filter" not in text, text

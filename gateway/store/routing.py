@@ -73,6 +73,8 @@ class RoutingStore(StoreCore):
         twice. Then ``rows`` are applied (:meth:`set_status`) and ``unroutable`` ids released
         after ``unroutable_delay``. Returns (ids moved by ``rows``, held id → wait seconds).
         """
+        if not rows and not unroutable and not (recipients and decide is not None):
+            return set(), {}  # the usual batch: every message routed, none over a limit
         sink = self._sink()
         if not unroutable and not (recipients and decide is not None):
             # The common case, one statement: atomic without a transaction block around it.

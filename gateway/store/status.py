@@ -8,7 +8,7 @@ Final states are final. Every transition committed is published on the event bus
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -132,50 +132,67 @@ o AS MATERIALIZED (
     -- with its parts acknowledged now and the channel of the last.
     -- ``parts`` becomes the number the channel sends it in, when it says (c.total > 0).
     SELECT m.id, m.status AS was, c.n, c.channel,
-           CASE WHEN c.total > 0 THEN c.total ELSE m.parts END AS parts
+           CASE WHEN c.total > 0 THEN c.total ELSE m.parts END AS parts,
+           m.status IN ('accepted', 'queued') AND m.id = ANY($9::bigint[]) AS routed
     FROM messages m JOIN unnest($5::bigint[], $6::int[], $7::text[], $8::smallint[]) AS c(id, n, channel, total)
          ON c.id = m.id
     WHERE m.id = ANY($5::bigint[]) ORDER BY m.id FOR UPDATE OF m
 ),
 u AS (
+    -- A ``routed`` message ($9) was routed to this channel by the dispatcher, which records
+    -- that move (``queued`` on the channel) with the message's first part, not on its own.
     UPDATE messages m SET
         parts = c.parts,
         parts_submitted = least(c.parts, m.parts_submitted + c.n),
-        status = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts
-                      THEN 'submitted' ELSE m.status END,
-        channel = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts
+        status = CASE WHEN c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts THEN 'submitted'
+                      WHEN c.routed THEN 'queued'
+                      ELSE m.status END,
+        channel = CASE WHEN c.routed OR (c.was IN ('accepted', 'queued') AND m.parts_submitted + c.n >= c.parts)
                        THEN c.channel ELSE m.channel END,
         updated_at = now()
     FROM o c
     WHERE m.id = c.id
-    RETURNING m.id, m.status, c.was, m.dlr_url, m.dlr_mask, m.updated_at, m.account_id, m.dest, m.channel,
-              m.parts, m.class, m.error_code
+    RETURNING m.id, m.status, c.was, c.routed, m.dlr_url, m.dlr_mask, m.updated_at, m.account_id, m.dest,
+              m.channel, m.parts, m.class, m.error_code
 ),
-v AS (SELECT * FROM u WHERE u.was IN ('accepted', 'queued') AND u.status = 'submitted'),
+moves AS (
+    -- The transitions, in order: ``queued`` on the channel for the routed ones, then
+    -- ``submitted`` for those now fully submitted.
+    SELECT u.*, 'queued' AS moved_to, 1 AS step FROM u WHERE u.routed
+    UNION ALL
+    SELECT u.*, 'submitted', 2 FROM u WHERE u.was IN ('accepted', 'queued') AND u.status = 'submitted'
+),
 k AS (
-    -- Kannel's dlr-mask bit 8: submitted to the SMSC.
+    -- Kannel's dlr-mask bits 4 (queued) and 8 (submitted to the SMSC), in that order.
     INSERT INTO webhook_outbox (message_id, url, kind, dlr_type, event_status, event_at)
-    SELECT v.id, v.dlr_url, 'kannel', 8, v.status, v.updated_at FROM v
-    WHERE v.dlr_url IS NOT NULL AND (v.dlr_mask & 8) <> 0
+    SELECT x.id, x.dlr_url, 'kannel', CASE x.step WHEN 1 THEN 4 ELSE 8 END, x.moved_to, x.updated_at
+    FROM moves x
+    WHERE x.dlr_url IS NOT NULL AND (x.dlr_mask & CASE x.step WHEN 1 THEN 4 ELSE 8 END) <> 0
+    ORDER BY x.step, x.id
 ),
-e AS (INSERT INTO message_events (message_id, status, detail) SELECT v.id, 'submitted', 'channel=' || v.channel FROM v),
-q AS (DELETE FROM outbound_queue WHERE message_id IN (SELECT v.id FROM v))
-SELECT v.id, v.status, v.account_id, v.dest, v.channel, v.parts, v.class, v.error_code, 'channel=' || v.channel
-FROM v ORDER BY v.id
+e AS (
+    INSERT INTO message_events (message_id, status, detail)
+    SELECT x.id, x.moved_to, 'channel=' || x.channel FROM moves x ORDER BY x.step, x.id
+),
+q AS (DELETE FROM outbound_queue WHERE message_id IN (SELECT x.id FROM moves x WHERE x.step = 2))
+SELECT x.id, x.moved_to, x.account_id, x.dest, x.channel, x.parts, x.class, x.error_code, 'channel=' || x.channel
+FROM moves x ORDER BY x.step, x.id
 """
 
 
 async def _aio_submitted(
     pool: asyncpg.Pool, items: Sequence[tuple[str, int, int, str] | tuple[str, int, int, str, int]],
-    sink: list[MtEvent] | None = None,
+    sink: list[MtEvent] | None = None, routed: Collection[int] = (),
 ) -> list[int]:
     """Record submitted parts (channel, message_id, part, ref[, total]); returns fully
     submitted ids.
 
     One statement, so one round trip and atomic: the parts' refs (a ref seen again points at
-    its latest part), the messages' part counts, and for each message now fully submitted its
-    ``submitted`` status on the channel of its last part, history row, Kannel DLR and removal
-    from the queue. Final states stay final (their parts are still counted). ``total``, when
+    its latest part), the messages' part counts; for each message in ``routed`` (not final),
+    its move to ``queued`` on that channel (the dispatcher's routing, recorded with the first
+    part it submits); and for each message now fully submitted its ``submitted`` status on the
+    channel of its last part. Each move has its history row and Kannel DLR; ``submitted`` takes the message out of
+    the queue. Final states stay final (their parts are still counted). ``total``, when
     given and not 0, is the number of parts the channel sends the message in; it replaces the
     planned count (see :attr:`gateway.channel.Submitted.total`)."""
     refs: dict[tuple[str, str], tuple[int, int]] = {}
@@ -196,9 +213,9 @@ async def _aio_submitted(
     rows = await pool.fetch(
         _SUBMITTED, [k[0] for k in keys], [k[1] for k in keys], [v[0] for v in values], [v[1] for v in values],
         list(counts), [c[0] for c in counts.values()], [c[1] for c in counts.values()],
-        [c[2] for c in counts.values()])
+        [c[2] for c in counts.values()], list(routed))
     _sink_rows(sink, rows)
-    return [r[0] for r in rows]
+    return [r[0] for r in rows if r[1] == "submitted"]
 
 
 _REPORTS = """
@@ -337,13 +354,14 @@ class StatusStore(StoreCore):
 
     async def record_submitted(
         self, items: Sequence[tuple[str, int, int, str] | tuple[str, int, int, str, int]],
+        routed: Collection[int] = (),
     ) -> list[int]:
         """Persist (channel, message_id, part, ref[, total]) mappings; returns ids now fully
-        submitted (``total``: see :func:`_aio_submitted`)."""
+        submitted (``total``, ``routed``: see :func:`_aio_submitted`)."""
         if not items:
             return []
         sink = self._sink()
-        done = await self._call(_aio_submitted, self._pool, items, sink)
+        done = await self._call(_aio_submitted, self._pool, items, sink, routed)
         self._emit(sink)
         return done
 
