@@ -173,13 +173,20 @@ async def test_an_account_rate_limit_holds_across_processes(nursery, database_ur
     assert _sample(text, "smsgw_api_requests_total", route="send", code="429") == 7
 
 
-async def test_a_killed_worker_is_restarted(nursery, database_url):
+async def _two_processes_after_sends(nursery, database_url, count: int):
+    """A gateway with one worker, after ``count`` sends spread over both processes: the
+    gateway, the worker's pid and the summed metrics then."""
     gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel()],
                              http=HttpConfig(listen="127.0.0.1:0", workers=2))
     [worker] = _children(os.getpid())
-    await _post_each_on_a_new_connection(gw.url, gw.key, 30)
+    await _post_each_on_a_new_connection(gw.url, gw.key, count)
     async with gw.client() as client:
-        before = (await client.get("/metrics")).text
+        text = (await client.get("/metrics")).text
+    return gw, worker, text
+
+
+async def test_a_killed_worker_is_restarted(nursery, database_url):
+    gw, worker, before = await _two_processes_after_sends(nursery, database_url, 30)
     counted = _sample(before, "smsgw_http_process_requests_total", process="worker-1")
     accepted = _sample(before, "smsgw_messages_accepted_total")
     assert counted > 0 and accepted == 30
@@ -351,12 +358,8 @@ def test_sigkill_of_the_main_leaves_no_worker_behind(tmp_path, database_url):
 async def test_a_stalled_worker_counts_with_its_last_reading(nursery, database_url):
     from gateway.workers import METRICS_SCRAPE_TIMEOUT
 
-    gw = await start_gateway(nursery, database_url, channels=[ScriptedChannel()],
-                             http=HttpConfig(listen="127.0.0.1:0", workers=2))
-    [worker] = _children(os.getpid())
-    await _post_each_on_a_new_connection(gw.url, gw.key, 20)
-    async with gw.client() as client:
-        read = _sample((await client.get("/metrics")).text, "smsgw_http_process_requests_total", process="worker-1")
+    gw, worker, text = await _two_processes_after_sends(nursery, database_url, 20)
+    read = _sample(text, "smsgw_http_process_requests_total", process="worker-1")
     assert read > 0
     os.kill(worker, signal.SIGSTOP)
     try:

@@ -73,11 +73,12 @@ class RoutingStore(StoreCore):
         twice. Then ``rows`` are applied (:meth:`set_status`) and ``unroutable`` ids released
         after ``unroutable_delay``. Returns (ids moved by ``rows``, held id → wait seconds).
         """
-        if not rows and not unroutable and not (recipients and decide is not None):
+        counted = bool(recipients) and decide is not None
+        if not rows and not unroutable and not counted:
             return set(), {}  # the usual batch: every message routed, none over a limit
         sink = self._sink()
-        if not unroutable and not (recipients and decide is not None):
-            # The common case, one statement: atomic without a transaction block around it.
+        if not unroutable and not counted:
+            # One statement: atomic without a transaction block around it.
             moved = await self._call(_aio_set_status, self._pool,
                                      [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows], sink)
             self._emit(sink)
@@ -87,7 +88,8 @@ class RoutingStore(StoreCore):
             async with pool.acquire() as conn:
                 async with conn.transaction():
                     held: dict[int, float] = {}
-                    if recipients and decide is not None:
+                    if counted:
+                        assert decide is not None
                         held = await _aio_recipient_check(conn, recipients, decide)
                     moved = await _aio_set_status(
                         conn, [(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows if r[0] not in held], sink)
